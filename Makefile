@@ -1,0 +1,28 @@
+# Two commands do everything on a fresh machine (see README):
+#   make reproduce   venv + install + synthetic cohort + notebook series -> runs/$(RUN)/
+#   make test        venv + install + the whole test suite (what .ci/run calls)
+PYTHON  ?= python3
+VENV    ?= .venv
+PROFILE ?= teaching
+RUN     ?= default
+JOBS    ?= 2
+PY      := $(VENV)/bin/python
+
+.PHONY: install reproduce test lint clean-runs
+
+install: $(VENV)/.installed
+
+# Re-installs whenever pyproject.toml changes. torch==2.13.0 resolves to the CPU wheel.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $@
+
+reproduce: install
+	$(VENV)/bin/ecgcmr reproduce --profile $(PROFILE) --run-dir runs/$(RUN) --workers $(JOBS)
+
+test: install
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup
+
+lint: install
+	$(VENV)/bin/ruff check ecgcmr tests

@@ -1,0 +1,127 @@
+"""Torch datasets over the preprocessing cache, with augmentations that are parameters.
+
+``PairedDataset`` serves ``(ecg, cmr_ed, cmr_es)`` triples::
+
+    ecg     (12, 5000) float32   preprocessed, leads in ecgcmr.constants.LEADS order
+    cmr_ed  (1, D, H, W) float32 ED volume on the cache grid (channel axis first)
+    cmr_es  (1, D, H, W) float32
+
+and, when ``targets`` are named, a fourth item: a float32 vector of those manifest columns
+(NaN where missing; losses mask NaNs). Augmentation draws come from
+``default_rng([seed, epoch, index])``, so a sample's augmentation is the same on every
+machine, with any number of DataLoader workers; call ``set_epoch`` once per epoch.
+Validation and test sets are built with ``augment=None`` (the evaluation transform).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ecgcmr.data.cache import Cache, open_cache
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random training-time transforms; each set to its neutral value switches it off."""
+
+    ecg_scale: tuple[float, float] = (0.9, 1.1)   # global amplitude factor, uniform
+    ecg_noise_sd: float = 0.05                      # Gaussian noise, in z-score units
+    ecg_shift_max: int = 250                        # circular time shift, samples (0.5 s)
+    cmr_intensity: tuple[float, float] = (0.9, 1.1)  # global intensity factor, uniform
+    cmr_noise_sd: float = 0.02                      # Gaussian noise, in normalised units
+    cmr_shift_max: int = 4                          # in-plane translation, voxels (zero fill)
+
+    def __post_init__(self) -> None:
+        for name in ("ecg_scale", "cmr_intensity"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"Augment.{name} must satisfy 0 < low <= high, got {(lo, hi)}")
+        for name in ("ecg_noise_sd", "cmr_noise_sd", "ecg_shift_max", "cmr_shift_max"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Augment.{name} must be >= 0")
+
+    def ecg(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(12, T) -> (12, T)."""
+        x = x * rng.uniform(*self.ecg_scale)
+        if self.ecg_shift_max:
+            x = np.roll(x, int(rng.integers(-self.ecg_shift_max, self.ecg_shift_max + 1)), axis=-1)
+        if self.ecg_noise_sd:
+            x = x + rng.normal(0.0, self.ecg_noise_sd, size=x.shape)
+        return x
+
+    def cmr(self, x: np.ndarray, shift: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """(D, H, W) -> (D, H, W); ``shift`` is shared by ED and ES so the pair stays aligned."""
+        x = _shift_zero_fill(x * rng.uniform(*self.cmr_intensity), shift)
+        if self.cmr_noise_sd:
+            x = x + rng.normal(0.0, self.cmr_noise_sd, size=x.shape)
+        return x
+
+
+def _shift_zero_fill(x: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+    """Translate the last two axes by ``shift`` voxels, filling with zeros (no wrap-around)."""
+    out = np.zeros_like(x)
+    (dy, dx), (h, w) = shift, x.shape[-2:]
+    src_y, dst_y = slice(max(0, -dy), min(h, h - dy)), slice(max(0, dy), min(h, h + dy))
+    src_x, dst_x = slice(max(0, -dx), min(w, w - dx)), slice(max(0, dx), min(w, w + dx))
+    out[..., dst_y, dst_x] = x[..., src_y, src_x]
+    return out
+
+
+class PairedDataset(Dataset):
+    """(ECG, CMR ED, CMR ES[, targets]) for one split of a preprocessing cache."""
+
+    def __init__(
+        self,
+        cache: Cache | str | Path,
+        split: str | None = "train",
+        *,
+        augment: Augment | None = None,
+        targets: Sequence[str] = (),
+        seed: int = 0,
+    ) -> None:
+        self.cache = cache if isinstance(cache, Cache) else open_cache(cache)
+        self.subjects = self.cache.rows(split).reset_index(drop=True)
+        missing = [t for t in targets if t not in self.subjects.columns]
+        if missing:
+            raise KeyError(f"target columns not in the cache index: {missing}")
+        self.targets = tuple(targets)
+        self._target_values = self.subjects[list(self.targets)].to_numpy(np.float32) \
+            if self.targets else None
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the augmentation draws (call once per epoch, before iterating)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    @property
+    def subject_ids(self) -> list[str]:
+        return self.subjects["subject_id"].tolist()
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        row = int(self.subjects.at[i, "row"])
+        ecg = np.asarray(self.cache.ecg[row], dtype=np.float32)      # (12, T)
+        ed = np.asarray(self.cache.cmr_ed[row], dtype=np.float32)    # (D, H, W)
+        es = np.asarray(self.cache.cmr_es[row], dtype=np.float32)
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            m = self.augment.cmr_shift_max
+            shift = tuple(int(s) for s in rng.integers(-m, m + 1, size=2))
+            ecg = self.augment.ecg(ecg, rng)
+            ed, es = self.augment.cmr(ed, shift, rng), self.augment.cmr(es, shift, rng)
+        out = (torch.from_numpy(np.ascontiguousarray(ecg, dtype=np.float32)),
+               torch.from_numpy(np.ascontiguousarray(ed, dtype=np.float32))[None],
+               torch.from_numpy(np.ascontiguousarray(es, dtype=np.float32))[None])
+        if self._target_values is not None:
+            out = (*out, torch.from_numpy(self._target_values[i]))
+        return out

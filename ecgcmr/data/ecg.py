@@ -1,0 +1,402 @@
+"""12-lead ECG: WFDB record -> ``(12, 5000)`` mV at 500 Hz -> quality control -> preprocessing.
+
+The loaders are the public API for every ECG the project reads (the synthetic cohort, UK
+Biobank exports converted to WFDB, hospital exports). Every bad input raises
+:class:`~ecgcmr.errors.DataError` naming the file, what was expected and what was found.
+
+Three steps, each usable on its own::
+
+    x, fs = read_ecg("rec.hea")          # (12, n) float32 mV in LEADS order, at the file's rate
+    x = load_ecg("rec")                  # (12, 5000) float32 mV: 10 s at 500 Hz, QC passed
+    z = preprocess_ecg(x)                # (12, 5000) float32: the paper's filter chain, z-scored
+
+Lead matching (``read_ecg``): leads are found *by name*, in any order and case, with common
+aliases (``AVR``, ``avl``, ``DII``, ``lead V1`` ...). A name starting with a minus sign
+(``-aVR``, the inverted aVR of the Cabrera display) is the *negation* of that lead: it is
+multiplied by -1 and used only when the plain lead is absent. Channels that are not one of the
+12 standard leads (respiration, Frank X/Y/Z ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import wfdb
+from scipy.signal import butter, filtfilt, iirnotch, resample_poly, savgol_filter, sosfiltfilt
+
+from ecgcmr.constants import ECG_FS_HZ, ECG_N_SAMPLES, LEADS
+from ecgcmr.errors import DataError
+
+# --- lead names -------------------------------------------------------------------------------
+# Lower-cased name (after dropping a "lead" prefix) -> standard lead. "D" names (DI, DII, DIII)
+# are the limb-lead spelling of Spanish/Portuguese/Italian devices.
+_LEAD_ALIASES: dict[str, str] = {
+    **{lead.lower(): lead for lead in LEADS},
+    "di": "I", "dii": "II", "diii": "III", "d1": "I", "d2": "II", "d3": "III",
+    "1": "I", "2": "II", "3": "III",
+}
+_MINUS_SIGNS = ("-", "\u2212")  # ASCII hyphen-minus and the Unicode minus sign
+
+# --- physical units ---------------------------------------------------------------------------
+# casefold() turns the micro sign (U+00B5) into the Greek mu (U+03BC); both are listed anyway.
+_UNIT_TO_MV: dict[str, float] = {
+    "mv": 1.0, "millivolt": 1.0, "millivolts": 1.0,
+    "uv": 1e-3, "\u00b5v": 1e-3, "\u03bcv": 1e-3, "microvolt": 1e-3, "microvolts": 1e-3,
+    "nv": 1e-6,
+    "v": 1e3, "volt": 1e3, "volts": 1e3,
+}
+_DEFAULT_WFDB_UNITS = "mV"  # WFDB header spec: a signal line without units is in millivolts
+
+# --- resampling -------------------------------------------------------------------------------
+_MAX_RESAMPLE_DENOMINATOR = 1000  # rational approximation of fs_out/fs_in: error < 1e-6 relative
+_RESAMPLE_MARGIN_SAMPLES = 64     # extra input samples resampled past 10 s, then cut: no end edge
+
+# --- quality control (on the raw record, in mV) ------------------------------------------------
+FLAT_PTP_MV = 0.01        # a lead that never moves by 10 µV (~2 ADC steps at 5 µV) is not recorded
+FLAT_SD_MV = 0.002        # ... or one that is flat apart from a few glitches
+SATURATION_MV = 10.0      # no body-surface ECG reaches 10 mV; beyond it the amplifier is railed
+SATURATION_RUN_S = 0.05   # a signal stuck at its own extreme this long is clipped (an R or T peak
+                          # stays within one ADC step of its top for well under 20 ms)
+SATURATION_MIN_EXCURSION_MV = 0.5  # ... and that extreme lies this far from the lead's median,
+                                   # so a noise-free flat baseline is never called "clipped"
+
+
+@dataclass(frozen=True)
+class _Header:
+    fs: float
+    units: list[str] | None  # per signal, as written in the header (None: could not parse)
+
+
+# ============================================================================================
+# Reading
+# ============================================================================================
+
+
+def read_ecg(path: str | PathLike[str]) -> tuple[np.ndarray, float]:
+    """Read a WFDB record; return ``(ecg, fs)``: ``(12, n)`` float32 mV in LEADS order, Hz.
+
+    ``path`` is the record with or without ``.hea`` (a ``.dat`` suffix is also accepted).
+    Units are converted from the header (``mV``, ``uV``/``µV``, ``V``, ``nV``) to mV; the unit
+    strings are read from the header text itself because ``wfdb`` drops non-ASCII characters
+    (it reads ``µV`` as ``V``, a factor of 10^6).
+    """
+    base = _record_base(path)
+    hea = base.with_name(base.name + ".hea")
+    if not hea.is_file():
+        raise DataError("WFDB header not found", path=hea, expected="a .hea file next to the signals")
+    header = _parse_header(hea)
+    try:
+        record = wfdb.rdrecord(str(base))
+    except Exception as exc:  # wfdb raises IndexError/ValueError/OSError... for a bad record
+        raise DataError(f"unreadable WFDB record ({type(exc).__name__}: {exc})", path=hea) from exc
+    if record.p_signal is None or not record.sig_name:
+        raise DataError("WFDB record has no signals", path=hea, expected="12 ECG leads", found="0")
+    signal = np.asarray(record.p_signal, dtype=np.float64)  # (n, channels) in header units
+    names = [str(n) for n in record.sig_name]
+    units = header.units if header.units is not None and len(header.units) == len(names) else [
+        u or _DEFAULT_WFDB_UNITS for u in (record.units or [None] * len(names))]
+    columns, signs = _match_leads(names, hea)
+    factors = [_unit_factor(units[c], names[c], hea) for c in columns]
+    ecg = signal[:, columns].T * (np.asarray(signs) * np.asarray(factors))[:, None]
+    return ecg.astype(np.float32), header.fs
+
+
+def _record_base(path: str | PathLike[str]) -> Path:
+    """The record path without its ``.hea``/``.dat`` suffix (other dots are part of the name)."""
+    p = Path(path)
+    return p.with_suffix("") if p.suffix.lower() in (".hea", ".dat") else p
+
+
+def _parse_header(hea: Path) -> _Header:
+    """Sampling rate and per-signal units, read from the header text.
+
+    WFDB silently assumes 250 Hz when the rate is missing or unparsable; a 12-lead ECG whose
+    header lost its rate is rejected here instead.
+    """
+    try:
+        text = hea.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise DataError(f"cannot read WFDB header ({exc})", path=hea) from exc
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise DataError("empty WFDB header", path=hea, expected="a record line and signal lines")
+    tokens = lines[0].split()
+    if len(tokens) < 3:
+        raise DataError("WFDB record line has no sampling frequency", path=hea,
+                        expected="'<name> <n_signals> <fs> <n_samples>'", found=repr(lines[0]))
+    # fs may be written "500", "500/1" (counter frequency) or "500(0)" (base counter value)
+    fs_text = re.split(r"[/(]", tokens[2])[0]
+    try:
+        fs = float(fs_text)
+    except ValueError:
+        fs = float("nan")
+    if not np.isfinite(fs) or fs <= 0:
+        raise DataError("invalid sampling frequency in WFDB header", path=hea,
+                        expected="a positive number of Hz", found=repr(tokens[2]))
+    return _Header(fs=fs, units=_header_units(lines))
+
+
+def _header_units(lines: list[str]) -> list[str] | None:
+    """Units of each signal line (``... <gain>(<baseline>)/<units> ...``); None if unparsable."""
+    try:
+        n_signals = int(lines[0].split()[1].split("/")[0])
+    except (IndexError, ValueError):
+        return None
+    signal_lines = lines[1:1 + n_signals]
+    if len(signal_lines) != n_signals:
+        return None
+    units = []
+    for line in signal_lines:
+        fields = line.split()
+        gain = fields[2] if len(fields) > 2 else ""
+        units.append(gain.split("/", 1)[1] if "/" in gain else _DEFAULT_WFDB_UNITS)
+    return units
+
+
+def _normalise_lead_name(name: str) -> tuple[str | None, int]:
+    """``"-aVR"`` -> ``("aVR", -1)``; ``"lead ii"`` -> ``("II", 1)``; unknown -> ``(None, 1)``."""
+    key = name.strip().casefold()
+    key = re.sub(r"^lead[\s_:]*", "", key)
+    sign = 1
+    if key.startswith(_MINUS_SIGNS):
+        sign, key = -1, key[1:].strip()
+    return _LEAD_ALIASES.get(key), sign
+
+
+def _match_leads(names: list[str], hea: Path) -> tuple[list[int], list[int]]:
+    """Channel index and sign (+1, or -1 for an inverted lead) of each of the 12 LEADS."""
+    plain: dict[str, int] = {}
+    inverted: dict[str, int] = {}
+    for channel, name in enumerate(names):
+        lead, sign = _normalise_lead_name(name)
+        if lead is None:
+            continue  # not a standard lead (e.g. respiration): ignored
+        table = plain if sign > 0 else inverted
+        if lead in table:
+            raise DataError(f"lead {lead} appears twice", path=hea, expected="each lead once",
+                            found=f"channels {names[table[lead]]!r} and {name!r}")
+        table[lead] = channel
+    missing = [lead for lead in LEADS if lead not in plain and lead not in inverted]
+    if missing:
+        raise DataError(f"missing leads: {', '.join(missing)}", path=hea,
+                        expected=f"the 12 standard leads {', '.join(LEADS)}",
+                        found=f"channels {', '.join(names)}")
+    columns = [plain.get(lead, inverted.get(lead)) for lead in LEADS]
+    signs = [1 if lead in plain else -1 for lead in LEADS]
+    return columns, signs  # type: ignore[return-value]
+
+
+def _unit_factor(unit: str, lead_name: str, hea: Path) -> float:
+    """Factor that turns values in ``unit`` into mV."""
+    factor = _UNIT_TO_MV.get(unit.strip().casefold())
+    if factor is None:
+        raise DataError(f"unknown physical units for lead {lead_name!r}", path=hea,
+                        expected="mV, uV/µV, V or nV", found=repr(unit))
+    return factor
+
+
+# ============================================================================================
+# Loading: 10 s at 500 Hz, quality-controlled
+# ============================================================================================
+
+
+def load_ecg(
+    path: str | PathLike[str],
+    *,
+    fs: int = ECG_FS_HZ,
+    n_samples: int = ECG_N_SAMPLES,
+    subject: str | None = None,
+) -> np.ndarray:
+    """The first ``n_samples / fs`` seconds of a record: ``(12, n_samples)`` float32 mV at ``fs``.
+
+    Order: read -> cut the first 10 s (plus a short margin) -> QC at the record's own rate ->
+    resample. QC runs *before* resampling because resampling smears NaNs over the filter
+    length and turns a clipped plateau into ringing that no longer looks clipped.
+    Raises :class:`DataError` for a record shorter than 10 s or one failing :func:`qc_ecg`.
+    """
+    try:
+        ecg, fs_in = read_ecg(path)
+        return _to_rate_and_length(ecg, fs_in, fs, n_samples, path)
+    except DataError as exc:
+        raise exc.with_context(subject=subject, path=path) from exc
+
+
+def _to_rate_and_length(
+    ecg: np.ndarray, fs_in: float, fs: int, n_samples: int, path: str | PathLike[str]
+) -> np.ndarray:
+    up, down = _rational_ratio(fs, fs_in)
+    needed = -(-n_samples * down // up)  # input samples that make n_samples output samples
+    if ecg.shape[1] < needed:
+        raise DataError("ECG record is too short", path=path,
+                        expected=f">= {n_samples / fs:g} s",
+                        found=f"{ecg.shape[1] / fs_in:.3f} s ({ecg.shape[1]} samples at {fs_in:g} Hz)")
+    problems = qc_ecg(ecg[:, :needed], fs_in)
+    if problems:
+        raise DataError("ECG failed quality control: " + "; ".join(problems), path=path)
+    if up == down:
+        return np.ascontiguousarray(ecg[:, :n_samples], dtype=np.float32)
+    stop = min(ecg.shape[1], needed + _RESAMPLE_MARGIN_SAMPLES)
+    # padtype="line" extends each lead linearly past its ends, so baseline offsets and wander
+    # do not ring at the edges as they would against the default zero padding
+    out = resample_poly(ecg[:, :stop].astype(np.float64), up, down, axis=1, padtype="line")
+    return np.ascontiguousarray(out[:, :n_samples], dtype=np.float32)
+
+
+def _rational_ratio(fs_out: float, fs_in: float) -> tuple[int, int]:
+    """``up/down`` ~ ``fs_out/fs_in`` in lowest terms, ``down <= 1000`` (e.g. 500/360 -> 25/18)."""
+    ratio = Fraction(float(fs_out) / float(fs_in)).limit_denominator(_MAX_RESAMPLE_DENOMINATOR)
+    return ratio.numerator, ratio.denominator
+
+
+def qc_ecg(ecg: np.ndarray, fs: float) -> list[str]:
+    """Quality problems of a ``(12, T)`` mV record at ``fs`` Hz; empty if it is usable.
+
+    Checks, each naming the leads concerned: non-finite samples; flat leads (peak-to-peak
+    < FLAT_PTP_MV or sd < FLAT_SD_MV: electrode off or channel not recorded); saturated or
+    clipped leads (any ``|x| > SATURATION_MV``, or a run of at least SATURATION_RUN_S stuck at
+    the lead's own max or min when that extreme is at least SATURATION_MIN_EXCURSION_MV from
+    the lead's median).
+    """
+    x = np.asarray(ecg, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != len(LEADS):
+        return [f"expected shape (12, T), found {x.shape}"]
+    problems = []
+    finite = np.isfinite(x)
+    bad = ~finite.all(axis=1)
+    if bad.any():
+        problems.append(f"NaN or infinite samples in leads {_names(bad)} "
+                        f"({int((~finite).sum())} samples)")
+    ok = ~bad  # the remaining checks only make sense on fully finite leads
+    flat = np.zeros(len(LEADS), dtype=bool)
+    saturated = np.zeros(len(LEADS), dtype=bool)
+    min_run = max(2, round(SATURATION_RUN_S * fs))
+    for i in np.flatnonzero(ok):
+        lead = x[i]
+        flat[i] = np.ptp(lead) < FLAT_PTP_MV or lead.std() < FLAT_SD_MV
+        saturated[i] = not flat[i] and _is_saturated(lead, min_run)
+    if flat.any():
+        problems.append(f"flat leads (peak-to-peak < {FLAT_PTP_MV} mV or sd < {FLAT_SD_MV} mV): "
+                        f"{_names(flat)}")
+    if saturated.any():
+        problems.append(f"saturated/clipped leads (|x| > {SATURATION_MV:g} mV or >= "
+                        f"{SATURATION_RUN_S * 1000:g} ms stuck at the lead's extreme): "
+                        f"{_names(saturated)}")
+    return problems
+
+
+def _is_saturated(lead: np.ndarray, min_run: int) -> bool:
+    if np.abs(lead).max() > SATURATION_MV:
+        return True
+    median = np.median(lead)
+    for extreme in (lead.max(), lead.min()):
+        if abs(extreme - median) < SATURATION_MIN_EXCURSION_MV:
+            continue
+        # equality up to float noise: clipped samples share one ADC code, hence one value
+        if _longest_run(np.abs(lead - extreme) <= 1e-6) >= min_run:
+            return True
+    return False
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    """Length of the longest run of True in a 1-D boolean array."""
+    if not mask.any():
+        return 0
+    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return int((stops - starts).max())
+
+
+def _names(mask: np.ndarray) -> str:
+    return ", ".join(lead for lead, m in zip(LEADS, mask, strict=True) if m)
+
+
+# ============================================================================================
+# Preprocessing: the paper's filter chain
+# ============================================================================================
+
+
+@dataclass(frozen=True)
+class EcgPreprocessing:
+    """The paper's default ECG preprocessing; ``None``/``False`` switches a step off.
+
+    Applied in field order: high-pass -> notch -> Savitzky-Golay -> z-score. Defaults follow
+    the authors' public code (qurAI-amsterdam/dual-phase-contrastive-learning, DESIGN.md §5),
+    except the notch: 50 Hz for UK mains (the public code used 60 Hz).
+    """
+
+    highpass_hz: float | None = 0.5     # Butterworth high-pass cut-off (baseline wander), Hz
+    highpass_order: int = 4             # filter order (zero-phase: the effective order doubles)
+    notch_hz: float | None = 50.0       # mains frequency; 60.0 for the Americas
+    notch_quality: float = 30.0         # Q = notch_hz / -3 dB bandwidth (30 -> 1.7 Hz wide)
+    savgol_window: int | None = 15      # Savitzky-Golay window, samples (odd; 30 ms at 500 Hz)
+    savgol_order: int = 3               # Savitzky-Golay polynomial order (< window)
+    zscore: bool = True                 # one mean/sd over all leads and time of the record
+
+    def __post_init__(self) -> None:
+        if self.highpass_hz is not None:
+            _require(self.highpass_hz > 0, f"highpass_hz must be > 0 or None, got {self.highpass_hz}")
+            _require(_is_int(self.highpass_order) and self.highpass_order >= 1,
+                     f"highpass_order must be an integer >= 1, got {self.highpass_order}")
+        if self.notch_hz is not None:
+            _require(self.notch_hz > 0, f"notch_hz must be > 0 or None, got {self.notch_hz}")
+            _require(self.notch_quality > 0, f"notch_quality must be > 0, got {self.notch_quality}")
+        if self.savgol_window is not None:
+            _require(_is_int(self.savgol_window) and self.savgol_window >= 3
+                     and self.savgol_window % 2 == 1,
+                     f"savgol_window must be an odd integer >= 3 or None, got {self.savgol_window}")
+            _require(_is_int(self.savgol_order) and 0 <= self.savgol_order < self.savgol_window,
+                     f"savgol_order must be an integer in [0, savgol_window), "
+                     f"got {self.savgol_order} with window {self.savgol_window}")
+        _require(isinstance(self.zscore, bool), f"zscore must be True or False, got {self.zscore!r}")
+
+    def check_rate(self, fs: float) -> None:
+        """Raise ValueError if a filter frequency is not below the Nyquist frequency of ``fs``."""
+        nyquist = fs / 2
+        for name in ("highpass_hz", "notch_hz"):
+            value = getattr(self, name)
+            _require(value is None or value < nyquist,
+                     f"{name}={value} must be below the Nyquist frequency {nyquist:g} Hz")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def preprocess_ecg(
+    ecg: np.ndarray, cfg: EcgPreprocessing = EcgPreprocessing(), fs: float = ECG_FS_HZ
+) -> np.ndarray:
+    """Apply the filter chain of ``cfg`` to a ``(12, T)`` mV record at ``fs`` Hz -> ``(12, T)`` float32.
+
+    Units of the output: mV when ``cfg.zscore`` is False, else dimensionless z-scores.
+    Filters are zero-phase (forward-backward), so wave timing is unchanged.
+    """
+    x = np.asarray(ecg, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != len(LEADS):
+        raise DataError("ECG has the wrong shape", expected="(12, T)", found=str(x.shape))
+    if not np.isfinite(x).all():
+        raise DataError("ECG has NaN or infinite samples; run load_ecg's QC first")
+    cfg.check_rate(fs)
+    if cfg.highpass_hz is not None:
+        sos = butter(cfg.highpass_order, cfg.highpass_hz, btype="highpass", fs=fs, output="sos")
+        x = sosfiltfilt(sos, x, axis=1)
+    if cfg.notch_hz is not None:
+        b, a = iirnotch(cfg.notch_hz, cfg.notch_quality, fs=fs)
+        x = filtfilt(b, a, x, axis=1)
+    if cfg.savgol_window is not None:
+        x = savgol_filter(x, cfg.savgol_window, cfg.savgol_order, axis=1)
+    if cfg.zscore:
+        sd = x.std()
+        if not sd > 0:
+            raise DataError("cannot z-score a constant ECG", expected="sd > 0", found=f"sd={sd}")
+        x = (x - x.mean()) / sd
+    return x.astype(np.float32)

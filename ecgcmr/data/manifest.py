@@ -1,0 +1,286 @@
+"""The manifest: one row per subject, validated on load.
+
+A manifest (CSV or parquet) lists, per subject, the ECG record, the CMR volumes at ED and ES,
+optional label maps, phenotypes, outcomes, covariates and the split. Paths are relative to the
+manifest's folder (absolute paths are allowed). See ``data_manifests/README.md`` for the schema.
+
+Validation collects *every* problem first and reports them all at once, by subject, so a user
+with 30,000 rows fixes their manifest in one pass rather than one error per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ecgcmr.constants import CONDITIONS, PHENOTYPES
+from ecgcmr.errors import DataError
+
+#: Columns every manifest must have.
+REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "ecg_path", "cmr_ed_path", "cmr_es_path")
+#: Optional file columns (label maps with the values of ecgcmr.constants.LABEL_*).
+OPTIONAL_PATH_COLUMNS: tuple[str, ...] = ("cmr_ed_seg_path", "cmr_es_seg_path")
+PATH_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS[1:] + OPTIONAL_PATH_COLUMNS
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: The paper's split: 70/15/15 at random with seed 42.
+DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
+DEFAULT_SPLIT_SEED: int = 42
+
+# Plausibility bounds: a value outside is a data-entry or unit error, not an unusual heart.
+_COVARIATE_BOUNDS: dict[str, tuple[float, float]] = {
+    "age_years": (0.0, 120.0),
+    "bmi": (10.0, 80.0),
+    "sbp_mmhg": (50.0, 300.0),
+}
+_CATEGORY_VALUES: dict[str, set[int]] = {
+    "sex": {0, 1},
+    "smoking": {0, 1, 2},
+    "alcohol": {1, 2, 3, 4, 5, 6},
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a manifest."""
+
+    subject_id: str   # "" for problems of the whole file (e.g. a missing column)
+    column: str
+    problem: str
+
+
+class ManifestError(DataError):
+    """A manifest failed validation; ``problems`` lists every problem found, by subject."""
+
+    def __init__(self, path: str | Path, problems: Sequence[Problem]) -> None:
+        self.problems = pd.DataFrame([p.__dict__ for p in problems],
+                                     columns=["subject_id", "column", "problem"])
+        shown = "\n".join(
+            f"  - {p.subject_id or '(manifest)'} [{p.column}]: {p.problem}" for p in problems[:40]
+        )
+        more = f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""
+        n_subjects = len({p.subject_id for p in problems if p.subject_id})
+        super().__init__(
+            f"manifest has {len(problems)} problem(s) in {n_subjects} subject(s):\n{shown}{more}",
+            path=path,
+        )
+
+
+def read_manifest(
+    path: str | Path,
+    *,
+    check_files: bool = True,
+    verify_checksums: bool = False,
+) -> pd.DataFrame:
+    """Read and validate a manifest; return it with path columns resolved to absolute paths.
+
+    Raises :class:`ManifestError` (a :class:`~ecgcmr.errors.DataError`) listing every problem.
+    ``df.attrs["manifest_path"]`` keeps where it came from. If the manifest has no ``split``
+    column, the paper's 70/15/15 split (seed 42) is assigned.
+    """
+    path = Path(path)
+    df = _read_table(path)
+    problems = validate_manifest(df, root=path.parent, check_files=check_files,
+                                 verify_checksums=verify_checksums)
+    if problems:
+        raise ManifestError(path, problems)
+    df = resolve_paths(df, path.parent)
+    if "split" not in df.columns:
+        df["split"] = assign_splits(df["subject_id"])
+    df.attrs["manifest_path"] = str(path.resolve())
+    return df
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError("manifest not found", path=path, expected="a CSV or parquet file")
+    try:
+        if path.suffix.lower() == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, dtype={"subject_id": str})
+    except Exception as exc:  # pandas raises many types; the user needs the file name
+        raise DataError(f"manifest could not be parsed: {exc}", path=path,
+                        expected="a CSV or parquet table") from exc
+    if "subject_id" in df.columns:
+        df["subject_id"] = df["subject_id"].astype(str).str.strip()
+    return df
+
+
+def resolve_paths(df: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """Return a copy with every path column made absolute (relative paths are from ``root``)."""
+    root = Path(root).resolve()
+    out = df.copy()
+    for col in PATH_COLUMNS:
+        if col in out.columns:
+            out[col] = [None if _is_missing(p) else str(root / str(p)) for p in out[col]]
+    return out
+
+
+def validate_manifest(
+    df: pd.DataFrame,
+    *,
+    root: str | Path,
+    check_files: bool = True,
+    verify_checksums: bool = False,
+) -> list[Problem]:
+    """Every problem in ``df``, in subject order; an empty list means the manifest is valid."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        return [Problem("", c, "required column is missing") for c in missing]
+    problems: list[Problem] = []
+    problems += _check_ids(df["subject_id"])
+    if check_files:
+        problems += _check_files(df, Path(root), verify_checksums)
+    problems += _check_phenotypes(df)
+    problems += _check_outcomes(df)
+    problems += _check_covariates(df)
+    if "split" in df.columns:
+        bad = ~df["split"].isin(SPLITS)
+        problems += [Problem(s, "split", f"split {v!r} is not one of {SPLITS}")
+                     for s, v in zip(df["subject_id"][bad], df["split"][bad], strict=True)]
+    order = {sid: i for i, sid in enumerate(df["subject_id"])}
+    return sorted(problems, key=lambda p: (order.get(p.subject_id, -1), p.column))
+
+
+def _check_ids(ids: pd.Series) -> list[Problem]:
+    problems = [Problem("", "subject_id", f"row {i} has an empty subject_id")
+                for i, s in enumerate(ids) if _is_missing(s) or str(s).strip() in ("", "nan")]
+    for sid, n in ids.value_counts().items():
+        if n > 1:
+            problems.append(Problem(str(sid), "subject_id", f"subject_id appears {n} times"))
+    return problems
+
+
+def _check_files(df: pd.DataFrame, root: Path, verify_checksums: bool) -> list[Problem]:
+    problems = []
+    for col in PATH_COLUMNS:
+        if col not in df.columns:
+            continue
+        for sid, rel in zip(df["subject_id"], df[col], strict=True):
+            if _is_missing(rel):
+                if col in REQUIRED_COLUMNS:
+                    problems.append(Problem(sid, col, "path is empty"))
+                continue
+            file = _existing_file(root / str(rel), col)
+            if file is None:
+                problems.append(Problem(sid, col, f"file not found: {root / str(rel)}"))
+                continue
+            checksum_col = f"{col.removesuffix('_path')}_sha256"
+            if verify_checksums and checksum_col in df.columns:
+                expected = df.loc[df["subject_id"] == sid, checksum_col].iloc[0]
+                if not _is_missing(expected) and sha256_file(file) != str(expected).lower():
+                    problems.append(Problem(sid, col, f"sha256 of {file} does not match "
+                                                      f"{checksum_col}"))
+    return problems
+
+
+def _existing_file(path: Path, column: str) -> Path | None:
+    """The file a path column names; WFDB records may be given without the .hea suffix."""
+    if path.is_file():
+        return path
+    if column == "ecg_path" and path.with_name(path.name + ".hea").is_file():
+        return path.with_name(path.name + ".hea")
+    return None
+
+
+def _check_phenotypes(df: pd.DataFrame) -> list[Problem]:
+    problems = []
+    for col in PHENOTYPES:
+        if col not in df.columns:
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        non_numeric = values.isna() & ~df[col].isna()
+        problems += _flag(df, non_numeric, col, "is not a number")
+        if col.endswith("_pct"):
+            problems += _flag(df, (values < 0) | (values > 100), col, "EF must be within 0-100 %")
+        else:  # volumes (mL) and mass (g)
+            problems += _flag(df, values < 0, col, "must not be negative")
+    for side in ("lv", "rv"):
+        edv, esv = f"{side}edv_ml", f"{side}esv_ml"
+        if edv in df.columns and esv in df.columns:
+            bad = pd.to_numeric(df[esv], errors="coerce") > pd.to_numeric(df[edv], errors="coerce")
+            problems += _flag(df, bad, esv, f"end-systolic volume exceeds {edv}")
+    return problems
+
+
+def _check_outcomes(df: pd.DataFrame) -> list[Problem]:
+    problems = []
+    for cond in CONDITIONS:
+        for suffix in ("_ever", "_event"):
+            col = cond + suffix
+            if col in df.columns:
+                values = pd.to_numeric(df[col], errors="coerce")
+                bad = ~(values.isin([0, 1]) | df[col].isna())
+                problems += _flag(df, bad, col, "must be 0, 1 or empty")
+        col = f"{cond}_time_years"
+        if col in df.columns:
+            values = pd.to_numeric(df[col], errors="coerce")
+            problems += _flag(df, values < 0, col, "follow-up time must not be negative")
+            event = f"{cond}_event"
+            if event in df.columns:
+                no_time = df[event].notna() & values.isna()
+                problems += _flag(df, no_time, col, f"{event} is given but the time is missing")
+    return problems
+
+
+def _check_covariates(df: pd.DataFrame) -> list[Problem]:
+    problems = []
+    for col, (lo, hi) in _COVARIATE_BOUNDS.items():
+        if col in df.columns:
+            values = pd.to_numeric(df[col], errors="coerce")
+            problems += _flag(df, (values < lo) | (values > hi), col,
+                              f"outside the plausible range {lo:g}-{hi:g}")
+    for col, allowed in _CATEGORY_VALUES.items():
+        if col in df.columns:
+            values = pd.to_numeric(df[col], errors="coerce")
+            bad = df[col].notna() & ~values.isin(sorted(allowed))
+            problems += _flag(df, bad, col, f"must be one of {sorted(allowed)}")
+    return problems
+
+
+def _flag(df: pd.DataFrame, mask: pd.Series, column: str, what: str) -> list[Problem]:
+    mask = mask.fillna(False).astype(bool)
+    return [Problem(str(sid), column, f"{what} (found {value!r})")
+            for sid, value in zip(df["subject_id"][mask], df[column][mask], strict=True)]
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value == ""
+
+
+def assign_splits(
+    subject_ids: Iterable[str],
+    fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> pd.Series:
+    """Deterministic train/val/test split by subject (the paper's 70/15/15, seed 42).
+
+    Subjects are ranked by a keyed hash of ``(seed, subject_id)`` and cut at the fractions.
+    Unlike shuffling a list, a subject's position does not depend on the row order, and
+    adding subjects to a manifest moves only the few subjects near a cut, so a test set
+    stays a test set as a cohort grows. Returns a Series indexed like ``subject_ids``.
+    """
+    ids = pd.Series(list(subject_ids), dtype=str)
+    if abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
+    keys = ids.map(lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+    rank = keys.rank(method="first").to_numpy() - 1          # 0 .. n-1
+    n = len(ids)
+    n_train = round(fractions[0] * n)
+    n_val = round(fractions[1] * n)
+    split = np.where(rank < n_train, "train", np.where(rank < n_train + n_val, "val", "test"))
+    return pd.Series(split, index=ids.index, name="split")
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (CMR volumes can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

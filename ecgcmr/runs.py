@@ -1,0 +1,215 @@
+"""Run folders, provenance and the papermill driver.
+
+A run folder ``runs/<name>/`` holds one execution of the notebook series: the executed
+notebooks, ``params.yaml``, ``provenance.json`` (git SHA, package versions, device, seeds),
+``environment.txt`` (pip freeze), figures and tidy metric tables. Runs never overwrite each
+other: a notebook that already finished in a run folder is skipped, not re-executed, and
+a new run gets a new folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import yaml
+
+#: Set this to the project checkout when running notebooks from elsewhere.
+HOME_ENV = "ECGCMR_HOME"
+_KEY_PACKAGES = ("ecgcmr", "torch", "numpy", "scipy", "pandas", "nibabel", "wfdb",
+                 "scikit-learn", "statsmodels", "papermill")
+
+
+def project_root() -> Path:
+    """The checkout's root: ``$ECGCMR_HOME`` or the nearest parent with ``pyproject.toml``.
+
+    Notebooks resolve ``data/`` and ``runs/`` against this, so they work whether they are run
+    by papermill from the root or opened in Jupyter from ``notebooks/``.
+    """
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "ecgcmr").is_dir():
+            return folder
+    return here
+
+
+def resolve(path: str | Path) -> Path:
+    """A user path: absolute as given, relative ones against :func:`project_root`."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def synthetic_cohort_dir(data_dir: str | Path, profile: str, n_subjects: int, seed: int) -> Path:
+    """Where a synthetic cohort lives; shared by every run that uses the same cohort."""
+    return resolve(data_dir) / "synthetic" / f"{profile}-n{n_subjects}-seed{seed}"
+
+
+def new_run_dir(name: str | None = None, root: str | Path = "runs") -> Path:
+    """``runs/<name>`` (created; reused to resume), or a fresh timestamped folder."""
+    if not name:
+        name = dt.datetime.now(dt.UTC).strftime("run-%Y%m%dT%H%M%SZ")
+    run = Path(name) if Path(name).is_absolute() or "/" in str(name) else resolve(root) / name
+    run = resolve(run)
+    (run / "figures").mkdir(parents=True, exist_ok=True)
+    (run / "tables").mkdir(exist_ok=True)
+    return run
+
+
+def provenance() -> dict[str, object]:
+    """What produced a result: code version, packages, machine."""
+    import torch  # imported here: the rest of this module needs no torch
+
+    return {
+        "time_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_sha": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain")),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "packages": {p: _version(p) for p in _KEY_PACKAGES},
+    }
+
+
+def write_run_info(run_dir: str | Path, params: Mapping[str, object], notebook: str) -> None:
+    """Write ``params.yaml`` (merged across notebooks) and per-notebook provenance."""
+    run = Path(run_dir)
+    params_file = run / "params.yaml"
+    merged = yaml.safe_load(params_file.read_text()) if params_file.is_file() else {}
+    merged = {**(merged or {}), **{k: _plain(v) for k, v in params.items()}}
+    params_file.write_text(yaml.safe_dump(merged, sort_keys=True))
+    info_file = run / "provenance.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    info[notebook] = provenance()
+    info_file.write_text(json.dumps(info, indent=2))
+    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True,
+                            text=True, check=False).stdout
+    (run / "environment.txt").write_text(freeze)
+
+
+def _plain(value: object) -> object:
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=project_root(), capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def notebook_series(folder: str | Path = "notebooks") -> list[Path]:
+    """The numbered notebooks, in order (``00_*.ipynb``, ``01_*.ipynb``, ...)."""
+    return sorted(p for p in resolve(folder).glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_series(
+    run_dir: str | Path,
+    params: Mapping[str, object],
+    notebooks: Sequence[Path] | None = None,
+    *,
+    kernel: str = "python3",
+    progress: bool = True,
+) -> dict[str, str]:
+    """Execute the notebooks in order into ``run_dir`` with papermill.
+
+    Each notebook gets the parameters it declares (papermill's ``parameters`` cell) from
+    ``params``, plus ``run_dir``. A notebook that already finished in this folder is skipped;
+    a failing one keeps its executed copy (with the error) and stops the series, since later
+    notebooks depend on it. Returns ``{notebook: "done" | "skipped" | "failed"}``.
+    """
+    import papermill as pm  # heavy import; only the driver needs it
+
+    run = Path(run_dir)
+    status_file = run / "status.json"
+    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    notebooks = list(notebooks) if notebooks is not None else notebook_series()
+    declared = {nb.name: set(pm.inspect_notebook(str(nb))) for nb in notebooks}
+    unknown = set(params) - set().union(*declared.values())
+    if unknown:
+        raise ValueError(f"no notebook declares the parameter(s) {sorted(unknown)}")
+    result: dict[str, str] = {}
+    for nb in notebooks:
+        if status.get(nb.name) == "done":
+            result[nb.name] = "skipped"
+            continue
+        wanted = {k: v for k, v in {**params, "run_dir": str(run)}.items()
+                  if k in declared[nb.name]}
+        write_run_info(run, wanted, nb.name)
+        try:
+            pm.execute_notebook(str(nb), str(run / nb.name), parameters=wanted,
+                                kernel_name=kernel, progress_bar=progress,
+                                cwd=str(project_root()))
+        except pm.PapermillExecutionError:
+            status[nb.name] = result[nb.name] = "failed"
+            status_file.write_text(json.dumps(status, indent=2))
+            break
+        status[nb.name] = result[nb.name] = "done"
+        status_file.write_text(json.dumps(status, indent=2))
+    return result
+
+
+def locate_manifest(
+    manifest: str,
+    *,
+    profile: str,
+    n_subjects: int = 0,
+    cohort_seed: int = 0,
+    data_dir: str | Path = "data",
+    generate: bool = False,
+    workers: int = 1,
+) -> Path:
+    """The manifest a notebook works on.
+
+    ``manifest`` set: the user's own (real data). Empty: the synthetic cohort of this profile,
+    size and seed, generated (or finished) here when ``generate`` is true, else it must exist
+    already and the error says which command makes it.
+    """
+    from ecgcmr.config import get_profile
+    from ecgcmr.errors import DataError
+    from ecgcmr.synth.cohort import generate_cohort
+
+    if manifest:
+        return resolve(manifest)
+    spec = get_profile(profile).cohort_spec(seed=cohort_seed, n_subjects=n_subjects or None)
+    folder = synthetic_cohort_dir(data_dir, profile, spec.n_subjects, spec.seed)
+    if generate:
+        return generate_cohort(folder, spec, workers=workers)
+    path = folder / "manifest.csv"
+    if not path.is_file():
+        raise DataError(
+            "the synthetic cohort has not been generated yet; run notebook 00_cohort or "
+            f"`ecgcmr synth --profile {profile} --n {spec.n_subjects} --seed {spec.seed} "
+            f"--out {folder}`", path=path)
+    return path
+
+
+def cache_dir_for(manifest_path: str | Path, spec_json: Mapping[str, object],
+                  data_dir: str | Path = "data") -> Path:
+    """A cache folder keyed by the manifest and the preprocessing settings.
+
+    Changing the notch frequency or the grid makes a new cache rather than mixing two.
+    """
+    import hashlib
+
+    manifest_path = Path(manifest_path).resolve()
+    key = json.dumps({"manifest": str(manifest_path), "spec": spec_json}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return resolve(data_dir) / "cache" / f"{manifest_path.parent.name}-{digest}"

@@ -1,0 +1,211 @@
+"""Write the synthetic paired cohort to disk: WFDB ECGs, NIfTI CMR at ED/ES, a manifest.
+
+Layout of a cohort folder::
+
+    cohort.json              what was generated (profile, size, seed, versions): resuming with
+                             other settings is refused rather than mixing two cohorts
+    manifest.csv             one row per subject (paths relative to this folder), validated
+    ecg/SYN000001.{hea,dat}  12-lead, 10 s, 500 Hz, mV
+    cmr/SYN000001_{ed,es}.nii.gz, cmr/SYN000001_{ed,es}_seg.nii.gz
+    latent/latent_state.csv  the generator's hidden truth; for checks of the generator only —
+                             no model or notebook downstream reads it
+    .rows/SYN000001.json     one finished subject's manifest row (what makes resuming work)
+
+Every subject draws from its own seed, ``SeedSequence([seed, index])``, split into independent
+streams for physiology, CMR, ECG and outcomes: the cohort is identical whatever the number of
+workers, the order of completion, or where an interrupted run was resumed.
+Subjects stream to disk one by one, so memory does not grow with the cohort size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import wfdb
+from tqdm.auto import tqdm
+
+from ecgcmr.constants import COVARIATES, ECG_FS_HZ, LEADS
+from ecgcmr.data.manifest import assign_splits, read_manifest
+from ecgcmr.errors import DataError
+from ecgcmr.synth.cmr import SaxSpec, measure_phenotypes, render_cmr, spacing_from_affine
+from ecgcmr.synth.ecg import simulate_ecg
+from ecgcmr.synth.outcomes import sample_outcomes
+from ecgcmr.synth.physiology import sample_state
+
+#: Bump when the generator changes what it writes for a given seed.
+GENERATOR_VERSION = 1
+#: WFDB storage: 16-bit samples at 1 µV per step (as PTB-XL), ±32 mV range.
+ECG_ADC_GAIN_PER_MV = 1000.0
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """What a synthetic cohort is: everything its contents depend on."""
+
+    n_subjects: int                 # number of paired subjects
+    seed: int = 0                   # the cohort's seed (not the training seed)
+    sax: SaxSpec = field(default_factory=SaxSpec)  # how the CMR stacks are acquired
+    generator_version: int = GENERATOR_VERSION
+
+    def __post_init__(self) -> None:
+        if self.n_subjects < 1:
+            raise ValueError(f"n_subjects must be >= 1, got {self.n_subjects}")
+
+    def to_json(self) -> dict[str, object]:
+        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored on disk
+
+
+def subject_id(index: int) -> str:
+    """Synthetic subject ids: SYN000000, SYN000001, ..."""
+    return f"SYN{index:06d}"
+
+
+def generate_cohort(
+    out_dir: str | Path,
+    spec: CohortSpec,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Generate (or finish generating) the cohort in ``out_dir``; return the manifest path.
+
+    Already finished subjects are kept, so an interrupted run continues where it stopped.
+    """
+    out = Path(out_dir)
+    _claim_folder(out, spec)
+    for sub in ("ecg", "cmr", "latent", ".rows"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(spec.n_subjects) if not _row_file(out, subject_id(i)).is_file()]
+    jobs = ((out, spec, i) for i in todo)
+    bar = tqdm(total=len(todo), desc="synthetic subjects", unit="subj", disable=not progress)
+    with bar:
+        for _ in _run(jobs, workers):
+            bar.update()
+    return write_manifest(out, spec)
+
+
+def _run(jobs: Iterator[tuple[Path, CohortSpec, int]], workers: int) -> Iterator[str]:
+    if workers <= 1:
+        yield from (_generate_one(*job) for job in jobs)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        # chunks amortise process hand-offs; each subject takes ~0.1 s
+        yield from pool.map(_generate_one_packed, jobs, chunksize=8)
+
+
+def _generate_one_packed(job: tuple[Path, CohortSpec, int]) -> str:
+    return _generate_one(*job)
+
+
+def _claim_folder(out: Path, spec: CohortSpec) -> None:
+    """Write cohort.json, or check that the folder already holds this very cohort."""
+    marker = out / "cohort.json"
+    wanted = spec.to_json()
+    if marker.is_file():
+        found = json.loads(marker.read_text())
+        if found != wanted:
+            raise DataError(
+                "folder already holds a different synthetic cohort; choose another --out",
+                path=marker, expected=json.dumps(wanted), found=json.dumps(found))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(marker, json.dumps(wanted, indent=2))
+
+
+def make_subject(spec: CohortSpec, index: int) -> dict[str, object]:
+    """Generate one subject in memory: latent state, ECG, CMR, outcomes, measured phenotypes."""
+    streams = np.random.SeedSequence([spec.seed, index]).spawn(4)
+    rng_state, rng_cmr, rng_ecg, rng_outcome = (np.random.default_rng(s) for s in streams)
+    state = sample_state(rng_state, subject_id(index))
+    cmr = render_cmr(state, rng_cmr, spec.sax)
+    ecg = simulate_ecg(state, rng_ecg, fs=ECG_FS_HZ)
+    outcomes = sample_outcomes(state, rng_outcome)
+    phenotypes = measure_phenotypes(cmr.labels_ed, cmr.labels_es, spacing_from_affine(cmr.affine))
+    return {"state": state, "cmr": cmr, "ecg": ecg, "outcomes": outcomes,
+            "phenotypes": phenotypes}
+
+
+def _generate_one(out: Path, spec: CohortSpec, index: int) -> str:
+    sid = subject_id(index)
+    subject = make_subject(spec, index)
+    state, cmr = subject["state"], subject["cmr"]
+    _write_ecg(out / "ecg", sid, subject["ecg"])
+    paths = {
+        "cmr_ed_path": _write_nifti(out, f"cmr/{sid}_ed.nii.gz", cmr.image_ed, cmr.affine),
+        "cmr_es_path": _write_nifti(out, f"cmr/{sid}_es.nii.gz", cmr.image_es, cmr.affine),
+        "cmr_ed_seg_path": _write_nifti(out, f"cmr/{sid}_ed_seg.nii.gz", cmr.labels_ed, cmr.affine),
+        "cmr_es_seg_path": _write_nifti(out, f"cmr/{sid}_es_seg.nii.gz", cmr.labels_es, cmr.affine),
+    }
+    row = {"subject_id": sid, "ecg_path": f"ecg/{sid}", **paths,
+           **{k: _plain(v) for k, v in subject["phenotypes"].items()},
+           **{k: _plain(state[k]) for k in COVARIATES},
+           **{k: _plain(v) for k, v in subject["outcomes"].items()}}
+    record = {"manifest": row, "latent": {k: _plain(v) for k, v in state.items()}}
+    # written last: a subject counts as done only once all its files are on disk
+    _write_atomic(_row_file(out, sid), json.dumps(record))
+    return sid
+
+
+def _write_ecg(ecg_dir: Path, sid: str, ecg: np.ndarray) -> None:
+    """WFDB format 16, physical units mV, 1 µV per ADC step."""
+    wfdb.wrsamp(
+        record_name=sid, fs=ECG_FS_HZ, units=["mV"] * len(LEADS), sig_name=list(LEADS),
+        p_signal=np.asarray(ecg, dtype=np.float64).T, fmt=["16"] * len(LEADS),
+        adc_gain=[ECG_ADC_GAIN_PER_MV] * len(LEADS), baseline=[0] * len(LEADS),
+        comments=["synthetic ECG generated by ecgcmr (not a real person)"],
+        write_dir=str(ecg_dir),
+    )
+
+
+def _write_nifti(out: Path, rel: str, array: np.ndarray, affine: np.ndarray) -> str:
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)   # 1 = scanner coordinates, like a DICOM conversion
+    img.set_sform(affine, code=1)
+    nib.save(img, out / rel)
+    return rel
+
+
+def _row_file(out: Path, sid: str) -> Path:
+    return out / ".rows" / f"{sid}.json"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _plain(value: object) -> object:
+    """numpy scalars -> Python scalars, so rows serialise to JSON."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def write_manifest(out: str | Path, spec: CohortSpec) -> Path:
+    """Assemble manifest.csv and latent/latent_state.csv from the finished subjects."""
+    out = Path(out)
+    rows, latent = [], []
+    for i in range(spec.n_subjects):
+        file = _row_file(out, subject_id(i))
+        if not file.is_file():
+            raise DataError("subject was not generated; rerun `ecgcmr synth` to finish",
+                            subject=subject_id(i), path=file)
+        record = json.loads(file.read_text())
+        rows.append(record["manifest"])
+        latent.append(record["latent"])
+    manifest = pd.DataFrame(rows)
+    manifest["split"] = assign_splits(manifest["subject_id"]).to_numpy()
+    path = out / "manifest.csv"
+    manifest.to_csv(path.with_suffix(".csv.tmp"), index=False)
+    os.replace(path.with_suffix(".csv.tmp"), path)
+    pd.DataFrame(latent).to_csv(out / "latent" / "latent_state.csv", index=False)
+    read_manifest(path)  # the cohort must pass the same validation as a user's manifest
+    return path

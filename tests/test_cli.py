@@ -1,0 +1,41 @@
+"""The ``ecgcmr`` command: synth, validate, preprocess; clear errors, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ecgcmr.cli import main, parse_assignments
+
+
+def test_synth_validate_preprocess(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cohort"
+    assert main(["synth", "--profile", "tiny", "--out", str(out), "--n", "4", "--seed", "1"]) == 0
+    assert len(pd.read_csv(out / "manifest.csv")) == 4
+    assert main(["validate", str(out / "manifest.csv")]) == 0
+    assert "4 subjects, valid" in capsys.readouterr().out
+    assert main(["preprocess", "--manifest", str(out / "manifest.csv"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "4 subjects ok, 0 rejected" in capsys.readouterr().out
+
+
+def test_bad_manifest_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "m.csv"
+    pd.DataFrame({"subject_id": ["a", "a"], "ecg_path": ["x", "y"], "cmr_ed_path": ["x", "y"],
+                  "cmr_es_path": ["x", "y"]}).to_csv(bad, index=False)
+    proc = subprocess.run([sys.executable, "-m", "ecgcmr", "validate", str(bad)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "appears 2 times" in proc.stderr and "file not found" in proc.stderr
+
+
+def test_parse_assignments() -> None:
+    assert parse_assignments(["seed=1", "notch_hz=60.0", "manifest=a/b.csv", "flag=True"]) == {
+        "seed": 1, "notch_hz": 60.0, "manifest": "a/b.csv", "flag": True}
+    with pytest.raises(SystemExit):
+        parse_assignments(["nothing"])

@@ -1,0 +1,50 @@
+"""Smoke run of the notebook series with papermill on the tiny profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ecgcmr.runs import notebook_series, run_series
+
+
+@pytest.mark.slow
+def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    params = {"profile": "tiny", "n_subjects": 12, "workers": 1,
+              "data_dir": str(tmp_path / "data")}
+    result = run_series(run, params, progress=False)
+    assert result and set(result.values()) == {"done"}, result
+    for nb in notebook_series():
+        executed = nbformat.read(run / nb.name, as_version=4)
+        errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, (nb.name, errors)
+    assert (run / "figures" / "00_ecg_12lead.png").stat().st_size > 10_000
+    assert (run / "figures" / "00_cmr_ed_es.png").is_file()
+    assert (run / "tables" / "01_qc_report.csv").is_file()
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["00_cohort.ipynb"]["packages"]["torch"].startswith("2.13")
+    assert "profile: tiny" in (run / "params.yaml").read_text()
+    # a finished run folder is never re-executed or overwritten
+    assert set(run_series(run, params, progress=False).values()) == {"skipped"}
+
+
+def test_notebooks_declare_parameters_and_are_clean() -> None:
+    import papermill as pm
+
+    for nb in notebook_series():
+        declared = pm.inspect_notebook(str(nb))
+        assert {"profile", "manifest", "run_dir", "data_dir"} <= set(declared), nb.name
+        content = nbformat.read(nb, as_version=4)
+        assert content.cells[1].metadata.get("tags") == ["parameters"], nb.name
+        assert all(not c.get("outputs") for c in content.cells if c.cell_type == "code"), \
+            f"{nb.name}: commit notebooks with outputs cleared"
+
+
+def test_unknown_parameters_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no_such_parameter"):
+        run_series(tmp_path, {"no_such_parameter": 1})
