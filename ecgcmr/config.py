@@ -25,7 +25,8 @@ class Profile:
     description: str
     n_subjects: int                         # synthetic cohort size (paired subjects)
     sax: dict[str, Any] = field(default_factory=dict)   # SaxSpec overrides (rendered stacks)
-    cmr_shape: tuple[int, int, int] = (12, 96, 96)      # model grid (D slices, H, W)
+    # model grid (D slices, H, W): 14 slices x 10 mm covers base to apex of large hearts
+    cmr_shape: tuple[int, int, int] = (14, 96, 96)
     cmr_spacing_mm: tuple[float, float, float] = (10.0, 1.8, 1.8)  # (slice, row, column)
 
     def cohort_spec(self, *, seed: int = 0, n_subjects: int | None = None) -> CohortSpec:
@@ -45,7 +46,7 @@ PROFILES: dict[str, Profile] = {
             description="CI smoke run: 48 subjects, small grids; the series in ~1-2 min on CPU",
             n_subjects=48,
             sax={"matrix": (96, 96)},
-            cmr_shape=(8, 48, 48),
+            cmr_shape=(10, 48, 48),
             cmr_spacing_mm=(10.0, 3.0, 3.0),
         ),
         Profile(
@@ -53,15 +54,15 @@ PROFILES: dict[str, Profile] = {
             description="laptop: 2,000 subjects, 64x64 grids; the series in minutes on 2 CPU cores",
             n_subjects=2000,
             sax={"matrix": (128, 128)},
-            cmr_shape=(10, 64, 64),
+            cmr_shape=(12, 64, 64),
             cmr_spacing_mm=(10.0, 2.4, 2.4),
         ),
         Profile(
             name="paper",
-            description="the paper's scale: 34,000 subjects, 12x96x96 grids at 1.8 mm; GPU",
+            description="the paper's scale: 34,000 subjects, 14x96x96 grids at 1.8 mm; GPU",
             n_subjects=34_000,
             sax={"matrix": (128, 128)},
-            cmr_shape=(12, 96, 96),
+            cmr_shape=(14, 96, 96),
             cmr_spacing_mm=(10.0, 1.8, 1.8),
         ),
     )

@@ -103,7 +103,7 @@ SEX_COLOURS: Mapping[int, str] = {0: "#CC79A7", 1: "#0072B2"}
 _GROUP_COLOURS = ("#0072B2", "#CC79A7", "#009E73", "#E69F00", "#56B4E9", "#D55E00")
 _HIST_BINS = 30
 _KDE_POINTS = 200
-_REFERENCE_N_SD = 1.96  # reference interval drawn as mean +- 2 SD (~95 % of a normal cohort)
+_REFERENCE_N_SD = 2.0  # reference interval drawn as mean +- 2 SD (~95 % of a normal cohort)
 
 _QC_COLUMNS = ("subject_id", "modality", "file", "reason")
 

@@ -133,6 +133,15 @@ def test_ecg_calibration_pulse_and_paper_are_to_scale(ecg):
     assert box.width * w_in * 25.4 == pytest.approx(np.ptp(ax.get_xlim()))
     assert box.height * h_in * 25.4 == pytest.approx(np.ptp(ax.get_ylim()))
     assert ax.get_aspect() == 1.0
+    # The sheet starts and ends on major lines and every baseline is a major line, as on paper.
+    assert np.remainder(np.r_[ax.get_xlim(), ax.get_ylim()], 5.0) == pytest.approx(0.0)
+    for lead, lines in _traces(fig).items():
+        if lead == "calibration":
+            continue
+        line = lines[0]
+        x0 = int(round(line.get_xdata()[0] * FS / 25.0))  # first sample shown
+        base = line.get_ydata()[0] - 10.0 * ecg[LEADS.index(lead.split()[-1]), x0]
+        assert np.remainder(base, 5.0) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_ecg_other_rate_keeps_paper_speed():
@@ -238,6 +247,9 @@ def test_ed_es_two_rows_same_slices(volume):
         np.testing.assert_array_equal(ax_es.images[0].get_array(), es[:, :, k].T)
         # One grey window for both phases, so ES really looks different from ED.
         assert ax_ed.images[0].get_clim() == ax_es.images[0].get_clim()
+        # ... and that window is the 1st-99th percentile of both phases together.
+        both = np.concatenate([image.ravel(), es.ravel()])
+        assert ax_ed.images[0].get_clim() == pytest.approx(tuple(np.percentile(both, [1, 99])))
     assert top[0].get_ylabel() == "ED" and bottom[0].get_ylabel() == "ES"
     _render(fig)
 

@@ -180,7 +180,7 @@ def _heart_center(record: dict[str, object], ed, es) -> tuple[float, float, floa
     if isinstance(seg, str) and seg:
         labels = load_labels_canonical(seg, subject=str(record["subject_id"]))
         return center_from_labels(labels.array)
-    return heart_center(ed.array, es.array)
+    return heart_center(ed.array, es.array, spacing_mm=ed.spacing_mm)
 
 
 def _claim(root: Path, spec: CacheSpec) -> None:

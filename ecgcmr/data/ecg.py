@@ -19,6 +19,7 @@ multiplied by -1 and used only when the plain lead is absent. Channels that are 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -38,7 +39,6 @@ from ecgcmr.errors import DataError
 _LEAD_ALIASES: dict[str, str] = {
     **{lead.lower(): lead for lead in LEADS},
     "di": "I", "dii": "II", "diii": "III", "d1": "I", "d2": "II", "d3": "III",
-    "1": "I", "2": "II", "3": "III",
 }
 _MINUS_SIGNS = ("-", "\u2212")  # ASCII hyphen-minus and the Unicode minus sign
 
@@ -98,8 +98,9 @@ def read_ecg(path: str | PathLike[str]) -> tuple[np.ndarray, float]:
         raise DataError("WFDB record has no signals", path=hea, expected="12 ECG leads", found="0")
     signal = np.asarray(record.p_signal, dtype=np.float64)  # (n, channels) in header units
     names = [str(n) for n in record.sig_name]
-    units = header.units if header.units is not None and len(header.units) == len(names) else [
-        u or _DEFAULT_WFDB_UNITS for u in (record.units or [None] * len(names))]
+    units = header.units
+    if units is None or len(units) != len(names):  # header text not parsable: trust wfdb
+        units = [u or _DEFAULT_WFDB_UNITS for u in (record.units or [None] * len(names))]
     columns, signs = _match_leads(names, hea)
     factors = [_unit_factor(units[c], names[c], hea) for c in columns]
     ecg = signal[:, columns].T * (np.asarray(signs) * np.asarray(factors))[:, None]
@@ -386,17 +387,34 @@ def preprocess_ecg(
     if not np.isfinite(x).all():
         raise DataError("ECG has NaN or infinite samples; run load_ecg's QC first")
     cfg.check_rate(fs)
-    if cfg.highpass_hz is not None:
-        sos = butter(cfg.highpass_order, cfg.highpass_hz, btype="highpass", fs=fs, output="sos")
-        x = sosfiltfilt(sos, x, axis=1)
-    if cfg.notch_hz is not None:
-        b, a = iirnotch(cfg.notch_hz, cfg.notch_quality, fs=fs)
-        x = filtfilt(b, a, x, axis=1)
-    if cfg.savgol_window is not None:
-        x = savgol_filter(x, cfg.savgol_window, cfg.savgol_order, axis=1)
+    try:
+        x = _filter(x, cfg, fs)
+    except ValueError as exc:  # scipy: the record is shorter than a filter's padding
+        raise DataError(f"ECG too short for the filter chain ({exc})",
+                        found=f"{x.shape[1]} samples") from exc
     if cfg.zscore:
         sd = x.std()
         if not sd > 0:
             raise DataError("cannot z-score a constant ECG", expected="sd > 0", found=f"sd={sd}")
         x = (x - x.mean()) / sd
     return x.astype(np.float32)
+
+
+def _filter(x: np.ndarray, cfg: EcgPreprocessing, fs: float) -> np.ndarray:
+    """High-pass, notch and Savitzky-Golay steps of ``cfg`` on ``(12, T)``, along time."""
+    n = x.shape[1]
+    if cfg.highpass_hz is not None:
+        sos = butter(cfg.highpass_order, cfg.highpass_hz, btype="highpass", fs=fs, output="sos")
+        # odd extension over half a cut-off period (1 s at 0.5 Hz), not scipy's default
+        # 3 x order samples: that is far shorter than the filter's settling time and leaves
+        # ~0.1 mV edge transients from a 1 mV baseline drift
+        padlen = min(n - 1, math.ceil(fs / (2 * cfg.highpass_hz)))
+        x = sosfiltfilt(sos, x, axis=1, padtype="odd", padlen=padlen)
+    if cfg.notch_hz is not None:
+        b, a = iirnotch(cfg.notch_hz, cfg.notch_quality, fs=fs)
+        # pad over 5 ring-down time constants of the notch, tau = Q / (pi f0)
+        padlen = min(n - 1, math.ceil(5 * cfg.notch_quality / (math.pi * cfg.notch_hz) * fs))
+        x = filtfilt(b, a, x, axis=1, padtype="odd", padlen=padlen)
+    if cfg.savgol_window is not None:
+        x = savgol_filter(x, cfg.savgol_window, cfg.savgol_order, axis=1)
+    return x

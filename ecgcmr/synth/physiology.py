@@ -97,6 +97,7 @@ SBP_MALE_EXCESS_MMHG: Final[float] = 5.0
 SBP_PER_YEAR_MMHG: Final[float] = 0.6
 SBP_PER_BMI_UNIT_MMHG: Final[float] = 0.9
 SBP_RESIDUAL_SD_MMHG: Final[float] = 17.0
+SBP_REF_BMI: Final[float] = 26.5
 SBP_BOUNDS_MMHG: Final[tuple[float, float]] = (85.0, 230.0)
 # Smoking status (UKB field 20116: 0 never, 1 previous, 2 current). At baseline UKB had ~55 %
 # never, ~35 % previous, ~10 % current smokers; imaging participants (seen 4-10 years later,
@@ -129,9 +130,10 @@ REF_BSA_M2: Final[Mapping[int, float]] = {FEMALE: 1.67, MALE: 1.96}
 REF_AGE_YEARS: Final[float] = 60.0
 REF_AGE_SD_YEARS: Final[float] = 8.7
 REF_SBP_MMHG: Final[float] = 125.0
-# Within-sex SD of log(BSA) in a non-obese cohort (~7.5 %; estimate, checked against our own
-# covariate model). Used only to split the reference SD into body-size and residual parts.
-REF_LOG_BSA_SD: Final[float] = 0.075
+# Within-sex SD of log(BSA) in a non-obese, normotensive cohort: ~8.5 % (what our covariate model
+# gives for such a subset; an estimate, not a quoted number). Used only to split the reference SD
+# into a body-size part and a residual part.
+REF_LOG_BSA_SD: Final[float] = 0.085
 
 
 def _row(pheno: str, sex: int, mean: float, sd: float, unit: str, source: str) -> dict[str, object]:
@@ -183,13 +185,19 @@ REFERENCE_RANGES: Final[pd.DataFrame] = pd.DataFrame([
 assert set(REFERENCE_RANGES["phenotype"]) == set(PHENOTYPES)
 
 
+# (phenotype, sex) -> (mean, sd), for fast look-ups while sampling.
+_REFERENCE: Final[dict[tuple[str, int], tuple[float, float]]] = {
+    (str(r.phenotype), int(r.sex)): (float(r.mean), float(r.sd))
+    for r in REFERENCE_RANGES.itertuples()
+}
+
+
 def reference_mean_sd(phenotype: str, sex: int) -> tuple[float, float]:
     """Healthy reference (mean, SD) of one phenotype for one sex (0 female, 1 male)."""
-    rows = REFERENCE_RANGES[(REFERENCE_RANGES["phenotype"] == phenotype)
-                           & (REFERENCE_RANGES["sex"] == sex)]
-    if len(rows) != 1:
-        raise KeyError(f"no reference range for phenotype={phenotype!r}, sex={sex!r}")
-    return float(rows["mean"].iloc[0]), float(rows["sd"].iloc[0])
+    try:
+        return _REFERENCE[(phenotype, int(sex))]
+    except KeyError:
+        raise KeyError(f"no reference range for phenotype={phenotype!r}, sex={sex!r}") from None
 
 
 # ============================================================================================
@@ -260,8 +268,8 @@ _LVM_LOG: Final = _log_model("lvm_g", BSA_ELASTICITY_MASS, LOG_LVM_PER_YEAR)
 #: Probability of each archetype (the rest is "normal").
 ARCHETYPE_PROBS: Final[Mapping[str, float]] = {
     "dilated": 0.035,       # dilated, low EF: LV systolic dysfunction is present in ~3-6 % of
-                            # community adults aged > 45 (Wang TJ et al., N Engl J Med
-                            # 2003;... Framingham; Redfield MM et al., JAMA 2003;289:194)
+                            # community adults aged > 45 (Redfield MM et al., JAMA
+                            # 2003;289:194; Wang TJ et al., Circulation 2003;108:977)
     "hypertrophic": 0.030,  # LV hypertrophy (concentric; hypertensive or HCM-like)
     "conduction": 0.035,    # wide-QRS conduction delay (LBBB-like); ~1-3 % in people > 60
 }
@@ -301,7 +309,7 @@ ELEVATION_BOUNDS_DEG: Final[tuple[float, float]] = (-15.0, 85.0)
 # ============================================================================================
 # ECG intervals
 # ============================================================================================
-# Resting heart rate: women 66 +- 9 bpm (Women's Health Initiative, n~38,000; Rautaharju PM et
+# Resting heart rate: women 66 +- 9 bpm (Women's Health Initiative ECG standards; Rautaharju PM et
 # al., J Electrocardiol 2013, PMC3825808 Table 2); men ~2 bpm slower (estimate).
 HR_BASE_BPM: Final[Mapping[int, float]] = {FEMALE: 66.0, MALE: 64.0}
 HR_LOG_SD: Final[float] = 0.13
@@ -309,9 +317,9 @@ HR_LOG_PER_YEAR: Final[float] = -0.002
 HR_LOG_PER_BMI_UNIT: Final[float] = 0.004
 HR_LOG_CURRENT_SMOKER: Final[float] = 0.05
 # Frank-Starling / baroreflex: cardiac output is defended, so a low stroke volume raises HR
-# (partial compensation, exponent -0.35) and a low EF adds sympathetic drive.
-HR_LOG_PER_LOG_SV: Final[float] = -0.35
-HR_LOG_PER_EF_POINT_BELOW_50: Final[float] = 0.006
+# (partial compensation, exponent -0.25) and a low EF adds sympathetic drive.
+HR_LOG_PER_LOG_SV: Final[float] = -0.25
+HR_LOG_PER_EF_POINT_BELOW_50: Final[float] = 0.004
 HR_LOG_IN_AF: Final[float] = 0.18  # ventricular rate in (rate-controlled) AF is higher
 # PR: women 158 ms (WHI, PMC3825808 Table 2; SD ~22 ms in the Hispanic/Asian strata); men a few
 # ms longer (estimate). Lengthens with age and shortens at higher heart rates.
@@ -364,8 +372,8 @@ ORIENTATION_REF_BMI: Final[float] = 26.5
 # ============================================================================================
 # AF roughly doubles per decade of age and is ~1.5x as common in men (Benjamin EJ et al.,
 # JAMA 1994;271:840, Framingham: OR 2.1 per decade); structural heart disease raises it.
-# The intercept puts ~1 % of the cohort (a few % of those over 75) in AF at the ECG.
-AF_LOGIT_AT_64Y_FEMALE: Final[float] = -5.3
+# The intercept puts ~1 % of the cohort (2-3 % of those over 72) in AF at the ECG.
+AF_LOGIT_AT_64Y_FEMALE: Final[float] = -5.1
 AF_LOGIT_PER_YEAR: Final[float] = math.log(2.1) / 10.0
 AF_LOGIT_MALE: Final[float] = math.log(1.5)
 AF_LOGIT_PER_BMI_UNIT: Final[float] = math.log(1.3) / 5.0
@@ -467,10 +475,6 @@ class _Draws:
     def uniform(self) -> float:
         return self._uniform.pop()
 
-    def between(self, bounds: tuple[float, float]) -> float:
-        lo, hi = bounds
-        return lo + (hi - lo) * self.uniform()
-
 
 def _clip(x: float, bounds: tuple[float, float]) -> float:
     return min(max(x, bounds[0]), bounds[1])
@@ -510,7 +514,7 @@ def _sample_covariates(draws: _Draws) -> dict[str, float | int]:
     bmi = weight / (height / 100.0) ** 2  # consistent with the clipped weight
     sbp = (SBP_FEMALE_AT_64Y_MMHG + SBP_MALE_EXCESS_MMHG * sex
            + SBP_PER_YEAR_MMHG * (age - AGE_MEAN_YEARS)
-           + SBP_PER_BMI_UNIT_MMHG * (bmi - BMI_MEAN[FEMALE])
+           + SBP_PER_BMI_UNIT_MMHG * (bmi - SBP_REF_BMI)
            + SBP_RESIDUAL_SD_MMHG * draws.normal())
     return {
         "sex": sex,
@@ -599,7 +603,7 @@ def _apply_archetype(draws: _Draws, geom: dict[str, float], archetype: str) -> N
         geom["lvm_g"] *= between(DILATED_LVM_FACTOR, u[2])
         geom["rvedv_ml"] *= between(DILATED_RVEDV_FACTOR, u[3])
         geom["rvef"] -= between(DILATED_RVEF_DROP_PCT, u[4]) / 100.0
-        geom["extra_qrs_ms"] = between(DILATED_EXTRA_QRS_MS, u[0] * u[4])
+        geom["extra_qrs_ms"] = between(DILATED_EXTRA_QRS_MS, u[0])  # more dilated, more delay
     elif archetype == "hypertrophic":
         geom["lvm_g"] *= between(HYPERTROPHIC_LVM_FACTOR, u[0])
         geom["lvedv_ml"] *= between(HYPERTROPHIC_EDV_FACTOR, u[1])
@@ -652,7 +656,7 @@ def _sample_ecg_intervals(draws: _Draws, cov: Mapping[str, float | int],
     qrs = _clip(qrs, QRS_BOUNDS_MS)
 
     qtc = (QTC_BASE_MS[sex] + QTC_PER_YEAR_MS * (age - REF_AGE_YEARS)
-           + QTC_PER_MS_QRS_WIDENING * max(0.0, qrs - QRS_BASE_MS[sex])
+           + QTC_PER_MS_QRS_WIDENING * (qrs - QRS_BASE_MS[sex])
            + QTC_PER_LOG_LVM_MS * log_lvm_rel + QTC_SD_MS * draws.normal())
     qt = _clip(qt_from_qtc_ms(qtc, hr), QT_BOUNDS_MS)
     return {"heart_rate_bpm": hr, "pr_ms": pr, "qrs_ms": qrs, "qt_ms": qt}
