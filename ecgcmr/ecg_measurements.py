@@ -70,6 +70,7 @@ QRS_BAND_HZ: Final[tuple[float, float]] = (5.0, 20.0)  # QRS energy band (Pan-To
 INTEGRATION_S: Final[float] = 0.10
 REFRACTORY_S: Final[float] = 0.25
 PEAK_THRESHOLD: Final[float] = 0.25    # fraction of a typical beat's energy
+T_WAVE_WINDOW_S: Final[float] = 0.36
 MAX_ALIGN_SHIFT_S: Final[float] = 0.02
 # Median-beat window around the fiducial point: room for a PR of 300+ ms and a QT of 600 ms.
 BEAT_PRE_S: Final[float] = 0.45
@@ -84,6 +85,11 @@ QRS_QUIET_OFFSET_S: Final[float] = 0.020
 ISOELECTRIC_WINDOW_S: Final[tuple[float, float]] = (0.016, 0.002)  # before QRS onset
 # T wave: peak searched from 60 ms after the J point; tangent on its downslope.
 T_SEARCH_AFTER_J_S: Final[float] = 0.06
+# the T peak comes at most 550 ms or 62 % of RR after QRS onset, the T end before 72 % of RR
+# (QT ~ 0.4 sqrt(RR) s: never into the next beat's P wave or QRS)
+T_PEAK_LATEST_S: Final[float] = 0.55
+T_PEAK_LATEST_RR: Final[float] = 0.62
+T_END_LATEST_RR: Final[float] = 0.72
 T_MAX_AFTER_PEAK_S: Final[float] = 0.30
 T_MIN_MV: Final[float] = 0.02
 # P wave: peak searched between the previous T end and 30 ms before QRS onset.
@@ -195,7 +201,8 @@ def detect_r_peaks(ecg: np.ndarray, fs: float = ECG_FS_HZ, *, cleaned: bool = Fa
 
     Energy = sum over the eight independent leads of the squared derivative of the 5-20 Hz
     band-passed signal, integrated over 100 ms; peaks at least 250 ms apart and above 25 % of
-    a typical beat's energy (the median of the largest few peaks, robust to a stray spike).
+    a typical beat's energy (the median of the largest few peaks, robust to a stray spike);
+    a peak within 360 ms of a beat and under half its energy is taken for its T wave.
 
     Args:
         ecg: ``(12, T)`` mV (LEADS order).
@@ -211,12 +218,21 @@ def detect_r_peaks(ecg: np.ndarray, fs: float = ECG_FS_HZ, *, cleaned: bool = Fa
     if cand.size == 0:
         return cand
     heights = integ[cand]
-    duration_s = x.shape[1] / fs
-    k = int(min(max(3, duration_s * 0.5), cand.size))  # >= 1 beat per 2 s at >= 30 bpm
+    # a typical beat: the median of the k largest peaks, k = beats expected at 24 bpm (robust
+    # to a stray spike, not dragged down to T-wave level in a short strip)
+    k = int(min(max(1, x.shape[1] / fs / 2.5), cand.size))
     typical = float(np.median(np.sort(heights)[-k:]))
     if typical <= 0.0:
         return np.array([], dtype=np.int64)
-    return cand[heights >= PEAK_THRESHOLD * typical].astype(np.int64)
+    keep: list[int] = []
+    for c, h in zip(cand, heights, strict=True):
+        if h < PEAK_THRESHOLD * typical:
+            continue
+        # Pan-Tompkins' T-wave rule: soon after a beat, a much smaller peak is its T wave
+        if keep and c - keep[-1] < T_WAVE_WINDOW_S * fs and h < 0.5 * integ[keep[-1]]:
+            continue
+        keep.append(int(c))
+    return np.array(keep, dtype=np.int64)
 
 
 def median_beat(ecg: np.ndarray, peaks: np.ndarray, fs: float = ECG_FS_HZ
@@ -400,12 +416,13 @@ def _beat_measurements(beats: np.ndarray, fid: int, fs: float, rr_s: float
     magnitude = np.sqrt((sbase[ind] ** 2).sum(axis=0))                    # (W,) mV
     noise_mag = float(np.median(magnitude[a:b]))
     t0 = offset + int(T_SEARCH_AFTER_J_S * fs)
-    t1 = min(onset + int(min(0.62, 0.92 * rr_s) * fs), width - 2)
+    t1 = min(onset + int(min(T_PEAK_LATEST_S, T_PEAK_LATEST_RR * rr_s) * fs), width - 2)
     t_end = math.nan
     if t1 > t0 + 2:
         t_peak = t0 + int(np.argmax(magnitude[t0:t1]))
         if magnitude[t_peak] - noise_mag >= T_MIN_MV:
-            t_end = _tangent_end(magnitude, t_peak, noise_mag, fs, width)
+            latest = min(onset + int(T_END_LATEST_RR * rr_s * fs), width - 1)
+            t_end = _tangent_end(magnitude, t_peak, noise_mag, fs, latest)
             for k, name in enumerate(_LEAD_KEYS):
                 out[f"t_{name}_mv"] = float(sbase[k, t_peak])
             if np.isfinite(t_end):
@@ -441,9 +458,12 @@ def _consistency(segments: np.ndarray, median: np.ndarray) -> float:
 
 
 def _tangent_end(magnitude: np.ndarray, t_peak: int, level: float, fs: float,
-                 width: int) -> float:
-    """T end (fractional sample): steepest-downslope tangent meets the isoelectric level."""
-    stop = min(t_peak + int(T_MAX_AFTER_PEAK_S * fs), width - 1)
+                 latest: int) -> float:
+    """T end (fractional sample): steepest-downslope tangent meets the isoelectric level.
+
+    The steepest downslope is sought from the T peak to 300 ms later or ``latest``.
+    """
+    stop = min(t_peak + int(T_MAX_AFTER_PEAK_S * fs), latest)
     if stop <= t_peak + 2:
         return math.nan
     slope = np.gradient(magnitude[t_peak:stop + 1])

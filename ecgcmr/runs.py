@@ -137,7 +137,7 @@ def run_series(
     """
     import papermill as pm  # heavy import; only the driver needs it
 
-    run = Path(run_dir)
+    run = new_run_dir(str(run_dir))
     status_file = run / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     notebooks = list(notebooks) if notebooks is not None else notebook_series()

@@ -187,9 +187,9 @@ WEIGHT_JITTER_LOG_SD: Final[float] = 0.15  # per-lobe amplitude scatter
 QRS_DIPOLE_MA_CM: Final[float] = 5.3        # main (LV free wall) lobe at the reference mass
 REF_LVM_G: Final[float] = 100.0
 REF_LVEDV_ML: Final[float] = 150.0
-LVM_EXPONENT: Final[float] = 0.7
+LVM_EXPONENT: Final[float] = 0.6
 LVEDV_EXPONENT: Final[float] = 0.25
-QRS_AMPLITUDE_LOG_SD: Final[float] = 0.18
+QRS_AMPLITUDE_LOG_SD: Final[float] = 0.22
 CONDUCTION_AMPLITUDE_FACTOR: Final[float] = 1.15  # LBBB QRS complexes are large
 # T and P amplitudes (mA cm), see the calibration notes in _lobes().
 T_DIPOLE_MA_CM: Final[float] = 1.7
