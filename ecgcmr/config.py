@@ -15,6 +15,7 @@ from ecgcmr.data.cmr import CmrGrid
 from ecgcmr.data.ecg import EcgPreprocessing
 from ecgcmr.synth.cmr import SaxSpec
 from ecgcmr.synth.cohort import CohortSpec
+from ecgcmr.train import OptimConfig, StageConfig
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,23 @@ class Profile:
     # model grid (D slices, H, W): 14 slices x 10 mm covers base to apex of large hearts
     cmr_shape: tuple[int, int, int] = (14, 96, 96)
     cmr_spacing_mm: tuple[float, float, float] = (10.0, 1.8, 1.8)  # (slice, row, column)
+    model_size: str = "paper"               # encoder presets (ecgcmr.models): tiny|teaching|paper
+    # epochs per pretraining stage: A (CMR), B (ECG MAE), C (alignment); warm-up keeps the
+    # paper's 40 % fraction (40 of 100 epochs)
+    epochs: dict[str, int] = field(default_factory=lambda: {"cmr": 100, "ecg": 100, "align": 100})
+    batch_size: int = 64                    # the paper's
 
     def cohort_spec(self, *, seed: int = 0, n_subjects: int | None = None) -> CohortSpec:
         return CohortSpec(n_subjects=n_subjects or self.n_subjects, seed=seed,
                           sax=replace(SaxSpec(), **self.sax))
+
+    def stage_config(self, stage: str, *, seed: int = 0, **overrides: Any) -> StageConfig:
+        """The pretraining configuration of one stage at this profile's sizes."""
+        epochs = overrides.pop("epochs", None) or self.epochs[stage]
+        optim = replace(OptimConfig(), epochs=epochs, warmup_epochs=round(0.4 * epochs),
+                        batch_size=overrides.pop("batch_size", None) or self.batch_size)
+        return StageConfig(stage=stage, size=self.model_size, seed=seed, optim=optim,
+                           **overrides)
 
     def cache_spec(self, *, notch_hz: float | None = 50.0) -> CacheSpec:
         grid = replace(CmrGrid(), shape=self.cmr_shape, spacing_mm=self.cmr_spacing_mm)
@@ -48,6 +62,9 @@ PROFILES: dict[str, Profile] = {
             sax={"matrix": (96, 96)},
             cmr_shape=(10, 48, 48),
             cmr_spacing_mm=(10.0, 3.0, 3.0),
+            model_size="tiny",
+            epochs={"cmr": 3, "ecg": 3, "align": 4},
+            batch_size=8,
         ),
         Profile(
             name="teaching",
@@ -56,6 +73,9 @@ PROFILES: dict[str, Profile] = {
             sax={"matrix": (128, 128)},
             cmr_shape=(12, 64, 64),
             cmr_spacing_mm=(10.0, 2.4, 2.4),
+            model_size="teaching",
+            epochs={"cmr": 8, "ecg": 10, "align": 15},
+            batch_size=32,
         ),
         Profile(
             name="paper",

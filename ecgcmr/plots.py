@@ -713,3 +713,44 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 150, *,
 
     plt.close(fig)
     return written
+
+
+def plot_training_curves(curves: Mapping[str, pd.DataFrame], *, title: str | None = None,
+                         smooth: int = 10) -> Figure:
+    """Loss per step (running mean over ``smooth`` steps) for each named stage.
+
+    ``curves``: stage name -> the stage's ``steps.csv`` as a DataFrame (columns ``step``,
+    ``loss``). One panel per stage, since the stages' losses are on different scales.
+    """
+    names = list(curves)
+    fig = Figure(figsize=(4.2 * max(1, len(names)), 3.2), layout="constrained")
+    axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=False):
+        df = curves[name]
+        ax.plot(df["step"], df["loss"], color="0.75", lw=0.8, label="per step")
+        ax.plot(df["step"], df["loss"].rolling(smooth, min_periods=1).mean(), color="C0",
+                lw=1.6, label=f"mean of {smooth}")
+        ax.set(title=name, xlabel="step", ylabel="training loss")
+        ax.legend(frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_embedding_map(points: np.ndarray, values: np.ndarray, *, label: str,
+                       title: str | None = None) -> Figure:
+    """A 2-D map of embeddings (e.g. the first two principal components), coloured by a
+    phenotype. ``points``: (N, 2); ``values``: (N,), NaN drawn grey."""
+    points = np.asarray(points, dtype=float)
+    values = np.asarray(values, dtype=float)
+    if points.ndim != 2 or points.shape[1] != 2 or len(values) != len(points):
+        raise DataError("embedding map needs points (N, 2) and values (N,)",
+                        expected="(N, 2) and (N,)", found=f"{points.shape} and {values.shape}")
+    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
+    ax = fig.subplots()
+    missing = ~np.isfinite(values)
+    ax.scatter(*points[missing].T, s=8, color="0.8", label="missing")
+    sc = ax.scatter(*points[~missing].T, c=values[~missing], s=10, cmap="viridis")
+    fig.colorbar(sc, ax=ax, label=label)
+    ax.set(xlabel="component 1", ylabel="component 2", title=title or "")
+    return fig

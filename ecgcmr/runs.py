@@ -155,7 +155,7 @@ def run_series(
         write_run_info(run, wanted, nb.name)
         try:
             pm.execute_notebook(str(nb), str(run / nb.name), parameters=wanted,
-                                kernel_name=kernel, progress_bar=progress,
+                                kernel_name=kernel, progress_bar=progress, log_output=progress,
                                 cwd=str(project_root()))
         except pm.PapermillExecutionError:
             status[nb.name] = result[nb.name] = "failed"
@@ -213,3 +213,16 @@ def cache_dir_for(manifest_path: str | Path, spec_json: Mapping[str, object],
     key = json.dumps({"manifest": str(manifest_path), "spec": spec_json}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return resolve(data_dir) / "cache" / f"{manifest_path.parent.name}-{digest}"
+
+
+def locate_cache(manifest_path: str | Path, spec: object, data_dir: str | Path = "data"):
+    """Open the preprocessing cache notebook 01 built for this manifest and settings."""
+    from ecgcmr.data.cache import open_cache
+    from ecgcmr.errors import DataError
+
+    folder = cache_dir_for(manifest_path, spec.to_json(), data_dir)
+    if not (folder / "index.csv").is_file():
+        raise DataError("the preprocessing cache is missing; run notebook 01_preprocessing "
+                        f"or `ecgcmr preprocess --manifest {manifest_path} --cache-dir {folder}`",
+                        path=folder)
+    return open_cache(folder)

@@ -153,3 +153,13 @@ def test_augment_rejects_bad_parameters() -> None:
         Augment(ecg_scale=(1.2, 0.8))
     with pytest.raises(ValueError, match="cmr_noise_sd"):
         Augment(cmr_noise_sd=-1)
+
+
+def test_fields_select_what_is_read_and_augmentation_is_per_field(cache) -> None:
+    full = PairedDataset(cache, "train", augment=Augment(), seed=3)
+    ecg_only = PairedDataset(cache, "train", augment=Augment(), seed=3, fields=("ecg",))
+    item = ecg_only[2]
+    assert len(item) == 1
+    torch.testing.assert_close(item[0], full[2][0])
+    with pytest.raises(ValueError, match="fields"):
+        PairedDataset(cache, "train", fields=("ecg", "labels"))

@@ -46,6 +46,25 @@ class Augment:
             if getattr(self, name) < 0:
                 raise ValueError(f"Augment.{name} must be >= 0")
 
+    def apply(self, arrays: dict[str, np.ndarray], rng: np.random.Generator
+              ) -> dict[str, np.ndarray]:
+        """Augment the arrays of one item (keys from ``FIELDS``).
+
+        Each field draws from its own child stream of ``rng``, so an ECG gets the same
+        augmentation whether or not the CMR is loaded with it; ED and ES share one in-plane
+        shift so the pair stays aligned.
+        """
+        ecg_rng, shift_rng, ed_rng, es_rng = rng.spawn(4)
+        m = self.cmr_shift_max
+        shift = (int(shift_rng.integers(-m, m + 1)), int(shift_rng.integers(-m, m + 1)))
+        out = dict(arrays)
+        if "ecg" in out:
+            out["ecg"] = self.ecg(out["ecg"], ecg_rng)
+        for field, field_rng in (("cmr_ed", ed_rng), ("cmr_es", es_rng)):
+            if field in out:
+                out[field] = self.cmr(out[field], shift, field_rng)
+        return out
+
     def ecg(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(12, T) -> (12, T)."""
         x = x * rng.uniform(*self.ecg_scale)
@@ -73,8 +92,16 @@ def _shift_zero_fill(x: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
     return out
 
 
+#: What a dataset item can hold, in this order.
+FIELDS: tuple[str, ...] = ("ecg", "cmr_ed", "cmr_es")
+
+
 class PairedDataset(Dataset):
-    """(ECG, CMR ED, CMR ES[, targets]) for one split of a preprocessing cache."""
+    """(ECG, CMR ED, CMR ES[, targets]) for one split of a preprocessing cache.
+
+    ``fields`` picks a subset (e.g. ``("ecg",)`` for the ECG masked autoencoder, which then
+    reads no CMR from disk); the order of the returned tensors follows ``FIELDS``.
+    """
 
     def __init__(
         self,
@@ -84,7 +111,12 @@ class PairedDataset(Dataset):
         augment: Augment | None = None,
         targets: Sequence[str] = (),
         seed: int = 0,
+        fields: Sequence[str] = FIELDS,
     ) -> None:
+        unknown = set(fields) - set(FIELDS)
+        if unknown or not fields:
+            raise ValueError(f"fields must be a non-empty subset of {FIELDS}, got {fields}")
+        self.fields = tuple(fields)
         self.cache = cache if isinstance(cache, Cache) else open_cache(cache)
         self.subjects = self.cache.rows(split).reset_index(drop=True)
         missing = [t for t in targets if t not in self.subjects.columns]
@@ -110,18 +142,14 @@ class PairedDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         row = int(self.subjects.at[i, "row"])
-        ecg = np.asarray(self.cache.ecg[row], dtype=np.float32)      # (12, T)
-        ed = np.asarray(self.cache.cmr_ed[row], dtype=np.float32)    # (D, H, W)
-        es = np.asarray(self.cache.cmr_es[row], dtype=np.float32)
+        arrays = {f: np.asarray(getattr(self.cache, f)[row], dtype=np.float32)
+                  for f in self.fields}                   # ecg (12, T); cmr_* (D, H, W)
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            m = self.augment.cmr_shift_max
-            shift = tuple(int(s) for s in rng.integers(-m, m + 1, size=2))
-            ecg = self.augment.ecg(ecg, rng)
-            ed, es = self.augment.cmr(ed, shift, rng), self.augment.cmr(es, shift, rng)
-        out = (torch.from_numpy(np.ascontiguousarray(ecg, dtype=np.float32)),
-               torch.from_numpy(np.ascontiguousarray(ed, dtype=np.float32))[None],
-               torch.from_numpy(np.ascontiguousarray(es, dtype=np.float32))[None])
+            arrays = self.augment.apply(arrays, np.random.default_rng([self.seed, self.epoch, i]))
+        out = tuple(torch.from_numpy(np.ascontiguousarray(arrays[f], dtype=np.float32))
+                    if f == "ecg" else
+                    torch.from_numpy(np.ascontiguousarray(arrays[f], dtype=np.float32))[None]
+                    for f in self.fields)
         if self._target_values is not None:
             out = (*out, torch.from_numpy(self._target_values[i]))
         return out

@@ -1,0 +1,416 @@
+"""Losses of the three training stages, and the contrastive retrieval metric.
+
+Stage A (CMR phase encoders, supervised): :func:`masked_mse` — phenotype regression with
+missing targets. Stage B (ECG masked autoencoder): :func:`mae_loss`. Stage C (dual-phase
+contrastive alignment, DESIGN.md §5): :func:`info_nce` and :func:`dual_phase_loss`, with the
+temperature from :class:`Temperature`; :func:`retrieval_accuracy` for validation.
+
+Numerics: every loss computes in float32 with autocast switched off locally, whatever the
+dtype of its inputs (bf16 under ``torch.autocast``); the contrastive losses work on logits
+with :func:`torch.nn.functional.cross_entropy` (a fused log-softmax: no explicit exp/log,
+finite for any temperature).
+
+Under DDP the contrastive losses gather the embeddings of all ranks, so the negatives come
+from the global batch; see :func:`info_nce` for the exact value and gradient convention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import MappingProxyType
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ecgcmr import distributed as ddp
+
+# τ = 0.07: the paper's fixed temperature (DESIGN.md §5), also CLIP's initial value
+# (Radford et al. 2021, ICML, "Learning Transferable Visual Models From Natural Language
+# Supervision", §2.5, following Wu et al. 2018, CVPR).
+DEFAULT_TEMPERATURE = 0.07
+# CLIP clips the learned logit scale 1/τ at 100 "to prevent scaling the logits by more than
+# 100 which we found necessary to prevent training instability" (Radford et al. 2021, §2.5).
+MAX_LOGIT_SCALE = 100.0
+# MAE's per-patch target normalisation: (x - mean) / sqrt(var + 1e-6)
+# (He et al. 2022, CVPR, "Masked Autoencoders Are Scalable Vision Learners", §3 and
+# its reference code's norm_pix_loss).
+NORM_PIX_EPS = 1e-6
+
+TERMS = ("ecg_ed", "ecg_es", "ed_es")  # the three pairs of dual_phase_loss, in weight order
+# Single-phase baselines are weight settings of the same loss (DESIGN.md §5).
+METHOD_WEIGHTS: Mapping[str, tuple[float, float, float]] = MappingProxyType({
+    "dual": (1 / 3, 1 / 3, 1 / 3),
+    "ed": (1.0, 0.0, 0.0),
+    "es": (0.0, 1.0, 0.0),
+})
+
+Temp = float | Tensor  # a positive float, or a 0-d tensor (e.g. Temperature()())
+
+
+# --------------------------------------------------------------------------- helpers
+@contextmanager
+def _fp32(device: torch.device) -> Iterator[None]:
+    """Switch autocast off for ``device``: losses compute in float32 whatever the caller does."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def _check_temperature(temperature: Temp) -> None:
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1:
+            raise ValueError(f"temperature must be a scalar, got shape {tuple(temperature.shape)}")
+    elif not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite positive number, got {temperature}")
+
+
+def _as_fp32_scalar(temperature: Temp, device: torch.device) -> Tensor | float:
+    if isinstance(temperature, Tensor):
+        return temperature.to(device=device, dtype=torch.float32).reshape(())
+    return float(temperature)
+
+
+def _unit(z: Tensor) -> Tensor:
+    """(B, D) → (B, D) float32 rows of unit L2 norm."""
+    return F.normalize(z.float(), dim=-1)
+
+
+def _check_pair(a: Tensor, b: Tensor, names: str = "a, b") -> None:
+    if a.ndim != 2 or b.ndim != 2 or a.shape != b.shape or a.shape[0] == 0:
+        raise ValueError(f"{names}: expected two non-empty (B, D) tensors of one shape, "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def _want_gather(gather: bool | None) -> bool:
+    return (ddp.world_size() > 1) if gather is None else (bool(gather) and ddp.world_size() > 1)
+
+
+class _Batch:
+    """Where the local rows sit in the global batch: ``sizes`` per rank, this rank's ``start``."""
+
+    def __init__(self, n_local: int, device: torch.device, gather: bool) -> None:
+        self.gather = gather
+        self.sizes = ddp.gather_sizes(n_local, device=device) if gather else [n_local]
+        self.start = sum(self.sizes[: ddp.rank()]) if gather else 0
+        self.n_local = n_local
+        self.n_global = sum(self.sizes)
+        self.world = len(self.sizes)
+
+
+def _symmetric_ce(a_rows: Tensor, b_rows: Tensor, a_all: Tensor, b_all: Tensor,
+                  labels: Tensor, scale: Tensor | float, reduction: Literal["mean", "sum"]
+                  ) -> Tensor:
+    """½[CE(â_rows b̂_allᵀ s, labels) + CE(b̂_rows â_allᵀ s, labels)], s = 1/τ.
+
+    Row i of ``a_rows @ b_all.T`` is row i of S; row i of ``b_rows @ a_all.T`` is row i of Sᵀ.
+    """
+    logits_ab = (a_rows @ b_all.T) * scale  # (n, N)
+    logits_ba = (b_rows @ a_all.T) * scale  # (n, N)
+    return 0.5 * (F.cross_entropy(logits_ab, labels, reduction=reduction)
+                  + F.cross_entropy(logits_ba, labels, reduction=reduction))
+
+
+def _pair_loss(a: Tensor, b: Tensor, a_all: Tensor, b_all: Tensor, batch: _Batch,
+               scale: Tensor | float, local_rows: bool) -> tuple[Tensor, Tensor | None]:
+    """One symmetric InfoNCE term on unit fp32 embeddings.
+
+    Returns ``(loss, local_sum)``: ``loss`` to backpropagate; ``local_sum`` is the detached
+    sum of this rank's per-row losses when ``local_rows`` (its value must still be made
+    global, see :func:`_globalise`), else None (``loss`` already is the global value).
+    """
+    device = a.device
+    if not batch.gather or not local_rows:
+        # full global logits: S is (N, N) on every rank, identical everywhere
+        labels = torch.arange(batch.n_global if batch.gather else batch.n_local, device=device)
+        return _symmetric_ce(a_all, b_all, a_all, b_all, labels, scale, "mean"), None
+    # local rows against global columns: positives of local row i sit at column start + i
+    labels = torch.arange(batch.start, batch.start + batch.n_local, device=device)
+    row_sum = _symmetric_ce(a, b, a_all, b_all, labels, scale, "sum")
+    # scaled so that the per-rank losses sum to world · L (see info_nce docstring)
+    return row_sum * (batch.world / batch.n_global), row_sum.detach()
+
+
+def _globalise(losses: list[Tensor], local_sums: list[Tensor | None], batch: _Batch
+               ) -> list[Tensor]:
+    """Give local-row losses the value of the global loss, keeping their gradient.
+
+    One all_reduce for all terms. ``loss + (value - loss).detach()`` has the value of the
+    global loss and the gradient of ``loss``.
+    """
+    todo = [i for i, s in enumerate(local_sums) if s is not None]
+    if not todo:
+        return losses
+    values = ddp.all_reduce_sum(torch.stack([local_sums[i] for i in todo])) / batch.n_global
+    out = list(losses)
+    for v, i in zip(values, todo, strict=True):
+        out[i] = losses[i] + (v - losses[i]).detach()
+    return out
+
+
+# --------------------------------------------------------------------------- contrastive
+def info_nce(a: Tensor, b: Tensor, temperature: Temp = DEFAULT_TEMPERATURE, *,
+             gather: bool | None = None, local_rows: bool = False) -> Tensor:
+    """Symmetric CLIP / InfoNCE loss of a batch of B pairs ``(a_i, b_i)``.
+
+    With â, b̂ the rows L2-normalised and S = â b̂ᵀ / τ (B × B, cosine similarity / τ)::
+
+        L = ½ [ CE(S, I) + CE(Sᵀ, I) ],   CE(S, I) = -(1/B) Σ_i log softmax(S_i)_i
+
+    i.e. each a_i must pick b_i among all b (and vice versa); the other B - 1 are negatives.
+    Computed in float32 with ``F.cross_entropy`` on the logits (stable for any τ).
+
+    Args:
+        a, b: (B, D) embeddings of the two modalities (any float dtype; any norm — the loss
+            is invariant to each row's scale).
+        temperature: τ > 0, a float or a 0-d tensor (learnable: :class:`Temperature`).
+        gather: under torch.distributed, take the negatives from every rank's batch
+            (default None: gather whenever a process group with world size > 1 exists;
+            False: the local batch only). ``a``/``b`` are then this rank's rows.
+        local_rows: only when gathering; see below. Same value and same gradients.
+
+    Returns:
+        0-d float32 tensor. When gathering, its value on every rank equals the
+        single-process loss on the global batch (all ranks' rows concatenated in rank order).
+
+    Distributed gradient convention. Embeddings are gathered with their graph
+    (:func:`ecgcmr.distributed.gather_with_grad`, whose backward sums over ranks). Two
+    variants with identical values and gradients:
+
+    * ``local_rows=False`` (default): every rank builds the full global N × N logits and
+      computes the global L itself. Simple, and any replicated parameter that enters only
+      through the loss (a learnable τ) gets the same gradient on every rank.
+    * ``local_rows=True``: rank r computes only its n_r rows of S and of Sᵀ against all N
+      columns (labels offset by the rank's first global row) — n_r × N instead of N × N.
+      Its backward loss is L_r = (world/N) · Σ_{i ∈ r} ℓ_i, so that Σ_r L_r = world · L;
+      its returned value is made the global L by one scalar all-reduce. Parameters used only
+      in the loss (τ) then get per-rank gradients: they must be averaged (put τ inside the
+      DDP-wrapped module).
+
+    Either way the local embeddings of rank r receive ``world · ∂L/∂z_r``, and DDP's
+    gradient **averaging** over ranks turns that into exactly ∂L/∂θ, the gradient of
+    single-process training on the global batch. (Without DDP, average the gradients over
+    ranks yourself; summing them would multiply the step by ``world``.) Every rank must call
+    the loss, in the same order — it contains collectives.
+    """
+    _check_pair(a, b)
+    _check_temperature(temperature)
+    with _fp32(a.device):
+        batch = _Batch(a.shape[0], a.device, _want_gather(gather))
+        scale = 1.0 / _as_fp32_scalar(temperature, a.device)
+        ua, ub = _unit(a), _unit(b)
+        a_all = ddp.gather_with_grad(ua, batch.sizes) if batch.gather else ua
+        b_all = ddp.gather_with_grad(ub, batch.sizes) if batch.gather else ub
+        loss, local_sum = _pair_loss(ua, ub, a_all, b_all, batch, scale, local_rows)
+        return _globalise([loss], [local_sum], batch)[0]
+
+
+def _check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
+    w = tuple(float(x) for x in weights)
+    if len(w) != 3:
+        raise ValueError(f"weights: expected 3 values for {TERMS}, got {len(w)}")
+    if not all(math.isfinite(x) and x >= 0 for x in w):
+        raise ValueError(f"weights must be finite and non-negative, got {w}")
+    total = sum(w)
+    if total <= 0:
+        raise ValueError(f"weights must not all be zero, got {w}")
+    return (w[0] / total, w[1] / total, w[2] / total)
+
+
+def method_weights(method: str) -> tuple[float, float, float]:
+    """Loss weights (ECG↔ED, ECG↔ES, ED↔ES) of a named method: "dual", "ed" or "es"."""
+    try:
+        return METHOD_WEIGHTS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHOD_WEIGHTS)}"
+                         ) from None
+
+
+def dual_phase_loss(z_ecg: Tensor | None, z_ed: Tensor | None, z_es: Tensor | None,
+                    temperature: Temp = DEFAULT_TEMPERATURE,
+                    weights: Sequence[float] = METHOD_WEIGHTS["dual"], *,
+                    gather: bool | None = None, local_rows: bool = False
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The paper's multi-term contrastive loss (DESIGN.md §5)::
+
+        L = λ_ecg_ed · info_nce(ECG, ED) + λ_ecg_es · info_nce(ECG, ES) + λ_ed_es · info_nce(ED, ES)
+
+    with the weights ``(λ_ecg_ed, λ_ecg_es, λ_ed_es)`` renormalised to sum to 1 (⅓ each by
+    default). A zero weight skips its term entirely, so the phase it alone needs may be None:
+    ``METHOD_WEIGHTS["ed"] = (1, 0, 0)`` is the single-phase ECG↔ED baseline and ignores
+    ``z_es``; ``"es"`` ignores ``z_ed``.
+
+    Args:
+        z_ecg, z_ed, z_es: (B, D) projected embeddings of the same B subjects (this rank's
+            rows under DDP); each is gathered at most once.
+        temperature: τ, float or 0-d tensor, shared by the three terms.
+        weights: three non-negative numbers, not all zero.
+        gather, local_rows: as in :func:`info_nce` (same value and gradient convention).
+
+    Returns:
+        ``(total, terms)``: ``total`` the 0-d weighted loss to backpropagate; ``terms`` maps
+        each computed pair ("ecg_ed", "ecg_es", "ed_es") to its detached, unweighted
+        info_nce value.
+
+    Raises:
+        ValueError: negative, non-finite or all-zero weights; a needed embedding is None;
+            shapes differ.
+    """
+    w = _check_weights(weights)
+    _check_temperature(temperature)
+    pairs = {"ecg_ed": ("ecg", "ed"), "ecg_es": ("ecg", "es"), "ed_es": ("ed", "es")}
+    given = {"ecg": z_ecg, "ed": z_ed, "es": z_es}
+    active = [(name, wt) for name, wt in zip(TERMS, w, strict=True) if wt > 0]
+    needed = sorted({m for name, _ in active for m in pairs[name]})
+    missing = [m for m in needed if given[m] is None]
+    if missing:
+        raise ValueError(f"dual_phase_loss: weights {w} need z_{', z_'.join(missing)}")
+    z = {m: given[m] for m in needed}
+    first = z[needed[0]]
+    for m in needed[1:]:
+        _check_pair(first, z[m], f"z_{needed[0]}, z_{m}")  # type: ignore[arg-type]
+    if first.ndim != 2 or first.shape[0] == 0:  # type: ignore[union-attr]
+        raise ValueError(f"z_{needed[0]}: expected a non-empty (B, D) tensor, "
+                         f"got {tuple(first.shape)}")  # type: ignore[union-attr]
+
+    device = first.device  # type: ignore[union-attr]
+    with _fp32(device):
+        batch = _Batch(first.shape[0], device, _want_gather(gather))  # type: ignore[union-attr]
+        scale = 1.0 / _as_fp32_scalar(temperature, device)
+        unit = {m: _unit(t) for m, t in z.items()}  # type: ignore[arg-type]
+        full = {m: ddp.gather_with_grad(u, batch.sizes) if batch.gather else u
+                for m, u in unit.items()}
+        losses, sums = [], []
+        for name, _ in active:
+            p, q = pairs[name]
+            loss, s = _pair_loss(unit[p], unit[q], full[p], full[q], batch, scale, local_rows)
+            losses.append(loss)
+            sums.append(s)
+        losses = _globalise(losses, sums, batch)
+        total = sum((wt * loss for (_, wt), loss in zip(active, losses, strict=True)),
+                    start=torch.zeros((), device=device))
+        terms = {name: loss.detach() for (name, _), loss in zip(active, losses, strict=True)}
+    return total, terms
+
+
+# --------------------------------------------------------------------------- temperature
+class Temperature(nn.Module):
+    """The contrastive temperature τ; ``forward()`` returns it as a 0-d float32 tensor.
+
+    Fixed (default, the paper's setting): τ is a buffer — saved in the state dict, no
+    parameters. Learnable: CLIP's parameterisation, a parameter ``logit_scale = log(1/τ)``
+    (so τ stays positive and the optimiser works on a log scale), and 1/τ clamped at
+    ``max_logit_scale`` = 100 (Radford et al. 2021, §2.5). The clamp in ``forward`` bounds the
+    value; call :meth:`clamp_` after ``optimizer.step()`` as CLIP does, so the parameter itself
+    never drifts past the bound (where the clamp would leave it without gradient).
+
+    Under DDP with ``local_rows=True`` keep this module inside the DDP-wrapped model, so
+    its gradient is averaged over ranks.
+    """
+
+    def __init__(self, init: float = DEFAULT_TEMPERATURE, learnable: bool = False,
+                 max_logit_scale: float = MAX_LOGIT_SCALE) -> None:
+        super().__init__()
+        if not (math.isfinite(init) and init > 0):
+            raise ValueError(f"Temperature: init must be a positive number, got {init}")
+        if not max_logit_scale > 0:
+            raise ValueError(f"Temperature: max_logit_scale must be > 0, got {max_logit_scale}")
+        self.learnable = learnable
+        self.max_log_scale = math.log(max_logit_scale)
+        if learnable:
+            start = min(math.log(1.0 / init), self.max_log_scale)
+            self.logit_scale = nn.Parameter(torch.tensor(start, dtype=torch.float32))
+        else:
+            self.register_buffer("tau", torch.tensor(init, dtype=torch.float32))
+
+    def forward(self) -> Tensor:
+        if not self.learnable:
+            return self.tau
+        return torch.exp(-self.logit_scale.clamp(max=self.max_log_scale))
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Clamp the learnable ``logit_scale`` in place to ≤ log(max_logit_scale)."""
+        if self.learnable:
+            self.logit_scale.clamp_(max=self.max_log_scale)
+
+    def extra_repr(self) -> str:
+        return f"learnable={self.learnable}, tau={float(self()):.4g}"
+
+
+# --------------------------------------------------------------------------- MAE, regression
+def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False) -> Tensor:
+    """Masked-autoencoder reconstruction loss (He et al. 2022).
+
+    ``ℓ_n = mean_p (pred_np - t_np)²`` per patch n, then ``L = Σ_n m_n ℓ_n / Σ_n m_n``: the
+    mean over MASKED patches only (visible patches are not scored). With ``norm_pix`` the
+    target of each patch is standardised over its own values first,
+    ``t = (x - mean(x)) / sqrt(var(x) + 1e-6)`` with torch's default (Bessel-corrected)
+    variance, as in MAE's reference code. A batch without masked patches gives 0.
+
+    Args:
+        pred: (B, N, P) predicted patches (for the ECG ViT, N = 12 leads × 50 patches and
+            P = 100 samples).
+        target: (B, N, P) the patchified input.
+        mask: (B, N), 1 = masked (to reconstruct), 0 = visible.
+    """
+    if pred.shape != target.shape or mask.shape != pred.shape[:-1]:
+        raise ValueError(f"mae_loss: pred {tuple(pred.shape)}, target {tuple(target.shape)} "
+                         f"and mask {tuple(mask.shape)} do not fit (B, N, P), (B, N, P), (B, N)")
+    with _fp32(pred.device):
+        pred, target, mask = pred.float(), target.float(), mask.float()
+        if norm_pix:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / torch.sqrt(var + NORM_PIX_EPS)
+        per_patch = (pred - target).pow(2).mean(dim=-1)  # (B, N)
+        return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over the entries whose target is not NaN.
+
+    ``L = Σ_{valid} (pred - target)² / #valid`` — every observed (subject, phenotype) value
+    counts once (missing phenotypes in stage A's regression simply do not count). An all-NaN
+    batch gives 0, still attached to ``pred``'s graph (a zero gradient, not NaN).
+
+    Args:
+        pred, target: (B, K) predictions and (standardised) targets; NaN marks missing.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"masked_mse: pred {tuple(pred.shape)} and target "
+                         f"{tuple(target.shape)} differ")
+    with _fp32(pred.device):
+        pred, target = pred.float(), target.float()
+        valid = ~torch.isnan(target)
+        # fill NaNs before subtracting, so no NaN ever enters the graph
+        diff = torch.where(valid, pred - torch.where(valid, target, 0.0), 0.0)
+        return diff.pow(2).sum() / valid.sum().clamp_min(1)
+
+
+# --------------------------------------------------------------------------- metrics
+@torch.no_grad()
+def retrieval_accuracy(a: Tensor, b: Tensor, k: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy of retrieving b_i from query a_i among all b, by cosine similarity.
+
+    The rank of the true partner is the number of OTHER candidates with similarity ≥ its own
+    (ties count against the query: a collapsed embedding scores chance, not 100 %); a query
+    is a top-k hit when that rank is < k. Chance level is k / B.
+
+    Args:
+        a, b: (B, D) paired embeddings (the local batch; gather first for a global metric).
+        k: the cut-offs.
+
+    Returns:
+        ``{"top1": ..., "top5": ...}`` fractions in [0, 1].
+    """
+    _check_pair(a, b)
+    if not k or any(int(x) < 1 for x in k):
+        raise ValueError(f"retrieval_accuracy: k must be positive integers, got {tuple(k)}")
+    with _fp32(a.device):
+        sim = _unit(a) @ _unit(b).T  # (B, B) cosine similarities, query rows
+        own = sim.diagonal().unsqueeze(1)  # (B, 1)
+        beats = (sim >= own).sum(dim=1) - 1  # others at least as similar as the partner
+        return {f"top{int(x)}": float((beats < int(x)).float().mean()) for x in k}

@@ -1,0 +1,164 @@
+"""Pretraining recipes: the stages of DESIGN §5 wired to the cache, and the methods compared.
+
+Methods (what the ECG encoder of a run is):
+
+======== ==================================================================================
+dual     the paper: ECG aligned with CMR at ED **and** ES (stage C, dual-phase loss)
+ed, es   single-phase alignment (stage C with the ECG↔ED or ECG↔ES term only)
+ecg_only the masked-autoencoder ECG encoder of stage B, no CMR
+random   a randomly initialised ECG encoder (seeded): the floor
+======== ==================================================================================
+
+Stage A (one CMR encoder per phase) and stage B (ECG MAE) do not depend on the method, so
+their checkpoints live in ``data/models/<cache>/<stage>-<hash>/`` keyed by their full
+configuration and are reused by every method and run with the same settings; stage C is
+written to the run folder. Each phase loads its *own* stage-A checkpoint (a quirk of the
+public code, which loaded one, is fixed here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ecgcmr.data.cache import Cache
+from ecgcmr.data.dataset import Augment, PairedDataset
+from ecgcmr.models import CmrEncoder, build_ecg_encoder
+from ecgcmr.train import (
+    AlignTask,
+    CmrRegressionTask,
+    EcgMaeTask,
+    FitResult,
+    StageConfig,
+    Task,
+    fit,
+    load_stage,
+    pick_device,
+)
+
+METHODS: tuple[str, ...] = ("dual", "ed", "es", "ecg_only", "random")
+ALIGN_METHODS: tuple[str, ...] = ("dual", "ed", "es")
+
+
+def stage_dir(models_root: str | Path, cfg: StageConfig) -> Path:
+    """Where a reusable stage (A or B) lives: keyed by its whole configuration."""
+    digest = hashlib.sha256(json.dumps(cfg.to_json(), sort_keys=True).encode()).hexdigest()[:10]
+    name = f"{cfg.stage}-{cfg.phase}" if cfg.stage == "cmr" else cfg.stage
+    return Path(models_root) / f"{name}-{cfg.size}-seed{cfg.seed}-{digest}"
+
+
+def datasets(cache: Cache, task: Task, cfg: StageConfig) -> tuple[PairedDataset, PairedDataset]:
+    """Train (augmented if asked) and validation (never augmented) datasets for a task."""
+    common = {"fields": task.fields, "targets": task.targets, "seed": cfg.seed}
+    train = PairedDataset(cache, "train", augment=Augment() if cfg.augment else None, **common)
+    val = PairedDataset(cache, "val", augment=None, **common)
+    return train, val
+
+
+def _n_slices(cache: Cache) -> int:
+    return int(cache.cmr_ed.shape[1])
+
+
+def _target_stats(cache: Cache, targets: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    y = cache.rows("train")[list(targets)].to_numpy(np.float64)
+    mean, std = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
+    return torch.tensor(mean), torch.tensor(np.where(std > 0, std, 1.0))
+
+
+def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
+                init: dict[str, str | Path] | None = None, resume: bool = True,
+                **fit_kw: object) -> FitResult:
+    """Build the task of ``cfg.stage`` and fit it; finished stages are not retrained.
+
+    ``init`` (stage C): paths of the stage-A ``best.pt`` per phase (``"ed"``, ``"es"``) and of
+    the stage-B ``best.pt`` (``"ecg"``, optional: without it the ECG encoder starts random).
+    """
+    task = build_task(cache, cfg, init or {})
+    done = Path(out_dir) / "done.json"
+    if done.is_file():
+        _, weights = load_stage(Path(out_dir) / "best.pt")
+        task.load_state_dict(weights)
+        return FitResult(**{**json.loads(done.read_text()), "out_dir": Path(out_dir)})
+    train, val = datasets(cache, task, cfg)
+    result = fit(task, cfg, train, val, out_dir, resume=resume, **fit_kw)
+    summary = {k: v for k, v in result.__dict__.items() if k != "out_dir"}
+    done.write_text(json.dumps(summary, indent=2))
+    return result
+
+
+def build_task(cache: Cache, cfg: StageConfig, init: dict[str, str | Path]) -> Task:
+    if cfg.stage == "cmr":
+        return CmrRegressionTask(cfg, _n_slices(cache), *_target_stats(cache, cfg.targets))
+    if cfg.stage == "ecg":
+        return EcgMaeTask(cfg)
+    cmr = {phase: load_cmr_encoder(path) for phase, path in init.items() if phase in ("ed", "es")}
+    ecg = load_ecg_encoder(init["ecg"]) if init.get("ecg") else \
+        build_ecg_encoder(cfg.ecg_encoder, cfg.size)
+    return AlignTask(cfg, ecg, cmr)
+
+
+def load_cmr_encoder(best_pt: str | Path) -> CmrEncoder:
+    """The CMR encoder of a stage-A checkpoint."""
+    cfg, weights = load_stage(best_pt)
+    task = CmrRegressionTask(cfg, int(weights["n_slices"]), weights["target_mean"],
+                             weights["target_std"])
+    task.load_state_dict(weights)
+    return task.encoder
+
+
+def load_ecg_encoder(best_pt: str | Path) -> nn.Module:
+    """The ECG encoder of a stage-B (MAE) or stage-C (alignment) checkpoint."""
+    cfg, weights = load_stage(best_pt)
+    encoder = build_ecg_encoder(cfg.ecg_encoder if cfg.stage == "align" else "vit", cfg.size)
+    prefix = "mae.encoder." if cfg.stage == "ecg" else "ecg."
+    encoder.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items()
+                             if k.startswith(prefix)})
+    return encoder
+
+
+def ecg_encoder_for(method: str, *, seed: int, size: str, ecg_kind: str = "vit",
+                    stage_b: str | Path | None = None,
+                    stage_c: str | Path | None = None) -> nn.Module:
+    """The ECG encoder a method yields (what the downstream notebooks evaluate)."""
+    if method in ALIGN_METHODS:
+        return load_ecg_encoder(stage_c)
+    if method == "ecg_only":
+        return load_ecg_encoder(stage_b)
+    if method == "random":
+        torch.manual_seed(seed)
+        return build_ecg_encoder(ecg_kind, size)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+@torch.no_grad()
+def embed_ecg(encoder: nn.Module, cache: Cache, *, device: str = "auto",
+              batch_size: int = 64) -> pd.DataFrame:
+    """Frozen ECG embeddings of every subject that passed QC: one row per subject.
+
+    Columns: ``subject_id``, ``split``, ``e000 ...`` (the encoder's pooled output, the
+    representation the paper's downstream heads read).
+    """
+    dev = pick_device(device)
+    encoder = encoder.to(dev).eval()
+    ds = PairedDataset(cache, split=None, fields=("ecg",))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    parts = [encoder(ecg.to(dev)).float().cpu() for (ecg,) in loader]
+    z = torch.cat(parts).numpy()
+    frame = pd.DataFrame(z, columns=[f"e{i:03d}" for i in range(z.shape[1])])
+    frame.insert(0, "split", ds.subjects["split"].to_numpy())
+    frame.insert(0, "subject_id", ds.subjects["subject_id"].to_numpy())
+    return frame
+
+
+def with_epochs(cfg: StageConfig, epochs: int, warmup: int | None = None) -> StageConfig:
+    """A copy with another number of epochs (warm-up scaled to stay the same fraction)."""
+    warm = warmup if warmup is not None else round(cfg.optim.warmup_epochs * epochs
+                                                   / cfg.optim.epochs)
+    return replace(cfg, optim=replace(cfg.optim, epochs=epochs, warmup_epochs=warm))

@@ -1,0 +1,535 @@
+"""One training loop for the three pretraining stages (DESIGN §5).
+
+* stage A ``cmr``:   a CMR encoder per phase, supervised to regress the phenotypes (NaN-masked MSE
+                     on train-standardised targets);
+* stage B ``ecg``:   the ECG ViT as a masked autoencoder (mask ratio 0.7);
+* stage C ``align``: the ECG encoder aligned with the frozen CMR encoders (only their last stage
+                     and the projection heads train) by the dual-phase contrastive loss — or a
+                     single-phase one (``method="ed"`` / ``"es"``).
+
+Each stage is a :class:`Task`: an ``nn.Module`` whose ``forward(batch, generator)`` returns the
+loss and its named terms, so one loop (:func:`fit`) serves all three, with or without DDP.
+The loop: AdamW, linear warm-up then half-cycle cosine per step, bf16 autocast on CUDA, early
+stopping on validation loss, an atomic checkpoint after every epoch (weights, optimiser, RNG
+states, config) that ``resume=True`` continues from — on CPU a resumed run ends with exactly
+the weights of an uninterrupted one — and per-step / per-epoch metrics as CSV.
+
+Under ``torchrun`` each process takes its shard of every (seeded) epoch permutation; the
+contrastive loss gathers negatives from all ranks (``ecgcmr.losses``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from ecgcmr import distributed as dist
+from ecgcmr.constants import PHENOTYPES
+from ecgcmr.losses import (
+    METHOD_WEIGHTS,
+    Temperature,
+    dual_phase_loss,
+    mae_loss,
+    masked_mse,
+    retrieval_accuracy,
+)
+from ecgcmr.models import (
+    CmrEncoder,
+    EcgMAE,
+    ProjectionHead,
+    RegressionHead,
+    build_cmr_encoder,
+    build_ecg_encoder,
+)
+
+STAGES: tuple[str, ...] = ("cmr", "ecg", "align")
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule; defaults are the paper's (DESIGN §5)."""
+
+    epochs: int = 100
+    warmup_epochs: int = 40           # linear warm-up, then half-cycle cosine to min_lr
+    batch_size: int = 64              # global batch (split across DDP ranks)
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.005       # not applied to biases and norm parameters
+    patience: int = 15                # early stopping on validation loss (epochs)
+    max_steps_per_epoch: int = 0      # 0: whole epoch; >0 caps it (smoke runs)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2 (contrastive batches)")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError("warmup_epochs must be within [0, epochs]")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError("need 0 <= min_lr <= lr and lr > 0")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """What one pretraining stage trains. Saved as JSON next to and inside its checkpoints."""
+
+    stage: str                                # "cmr" (A) | "ecg" (B) | "align" (C)
+    size: str = "tiny"                        # model presets: tiny | teaching | paper
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: bool = True                      # training-time augmentation (never on val)
+    # stage A
+    phase: str = "ed"                         # which phase's CMR encoder
+    targets: tuple[str, ...] = PHENOTYPES     # regressed phenotypes
+    # stage B
+    mask_ratio: float = 0.7
+    norm_pix_loss: bool = False               # per-patch normalised MAE targets
+    # stage C
+    method: str = "dual"                      # dual | ed | es
+    ecg_encoder: str = "vit"                  # vit | cnn (cnn: no MAE initialisation)
+    proj_dim: int = 128
+    temperature: float = 0.07
+    learn_temperature: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.phase not in ("ed", "es"):
+            raise ValueError(f"phase must be 'ed' or 'es', got {self.phase!r}")
+        if self.method not in METHOD_WEIGHTS:
+            raise ValueError(f"method must be one of {sorted(METHOD_WEIGHTS)}, got {self.method!r}")
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError("mask_ratio must be in (0, 1)")
+        if self.stage == "ecg" and self.ecg_encoder != "vit":
+            raise ValueError("the masked autoencoder (stage B) needs ecg_encoder='vit'")
+
+    def to_json(self) -> dict[str, object]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> StageConfig:
+        data = dict(data)
+        optim = OptimConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in data.pop("optim").items()})
+        return cls(optim=optim, **{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in data.items()})
+
+
+# --------------------------------------------------------------------------- tasks
+class Task(nn.Module):
+    """A stage: ``forward(batch, generator) -> (loss, {term: value})`` plus what it reads."""
+
+    fields: tuple[str, ...] = ()      # dataset fields, see ecgcmr.data.dataset.FIELDS
+    targets: tuple[str, ...] = ()     # manifest columns appended to each batch
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def set_train_mode(self) -> None:
+        self.train()
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (e.g. to clamp a learnable temperature)."""
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable, device: torch.device) -> dict[str, float]:
+        """Mean validation loss (batches weighted by size); tasks add their own metrics."""
+        self.eval()
+        total, n = 0.0, 0
+        for batch in loader:
+            batch = [b.to(device, non_blocking=True) for b in batch]
+            loss, _ = self(batch, _eval_generator(device))
+            total += float(loss) * len(batch[0])
+            n += len(batch[0])
+        return {"val_loss": total / max(n, 1)}
+
+
+class CmrRegressionTask(Task):
+    """Stage A: one phase's CMR encoder regresses the (standardised) phenotypes."""
+
+    def __init__(self, cfg: StageConfig, n_slices: int, target_mean: torch.Tensor,
+                 target_std: torch.Tensor) -> None:
+        super().__init__()
+        self.fields = (f"cmr_{cfg.phase}",)
+        self.targets = tuple(cfg.targets)
+        self.encoder = build_cmr_encoder(cfg.size, n_slices=n_slices)
+        self.head = RegressionHead(self.encoder.out_dim, len(self.targets))
+        # standardisation from the training split, kept in the checkpoint
+        self.register_buffer("target_mean", target_mean.float())
+        self.register_buffer("target_std", target_std.float())
+        self.register_buffer("n_slices", torch.tensor(n_slices))  # to rebuild the encoder
+
+    def forward(self, batch: Sequence[torch.Tensor], generator: torch.Generator | None = None):
+        volume, y = batch                                     # (B, 1, D, H, W), (B, K)
+        pred = self.head(self.encoder(volume))                # (B, K) standardised units
+        loss = masked_mse(pred.float(), (y - self.target_mean) / self.target_std)
+        return loss, {"mse": loss.detach()}
+
+
+class EcgMaeTask(Task):
+    """Stage B: the ECG ViT as a masked autoencoder."""
+
+    fields = ("ecg",)
+
+    def __init__(self, cfg: StageConfig) -> None:
+        super().__init__()
+        self.mask_ratio, self.norm_pix = cfg.mask_ratio, cfg.norm_pix_loss
+        self.mae = EcgMAE(build_ecg_encoder("vit", cfg.size).cfg)
+
+    def forward(self, batch: Sequence[torch.Tensor], generator: torch.Generator | None = None):
+        (ecg,) = batch                                        # (B, 12, T)
+        pred, target, mask = self.mae(ecg, mask_ratio=self.mask_ratio, generator=generator)
+        loss = mae_loss(pred.float(), target.float(), mask, norm_pix=self.norm_pix)
+        return loss, {"mae": loss.detach()}
+
+
+class AlignTask(Task):
+    """Stage C: ECG encoder + projection heads aligned with frozen CMR phase encoders."""
+
+    def __init__(self, cfg: StageConfig, ecg_encoder: nn.Module,
+                 cmr_encoders: dict[str, CmrEncoder]) -> None:
+        super().__init__()
+        self.weights = METHOD_WEIGHTS[cfg.method]             # (ecg-ed, ecg-es, ed-es)
+        phases = [p for p, used in (("ed", self.weights[0] or self.weights[2]),
+                                    ("es", self.weights[1] or self.weights[2])) if used]
+        self.fields = ("ecg", *(f"cmr_{p}" for p in phases))
+        self.ecg = ecg_encoder
+        self.cmr = nn.ModuleDict({p: cmr_encoders[p] for p in phases})
+        for encoder in self.cmr.values():
+            encoder.freeze_except_last_layer()
+        self.proj = nn.ModuleDict({"ecg": ProjectionHead(ecg_encoder.out_dim, cfg.proj_dim)})
+        for p in phases:
+            self.proj[p] = ProjectionHead(self.cmr[p].out_dim, cfg.proj_dim)
+        self.temperature = Temperature(cfg.temperature, learnable=cfg.learn_temperature)
+
+    def set_train_mode(self) -> None:
+        # The CMR backbones are frozen: their BatchNorm statistics stay those of stage A.
+        self.train()
+        self.cmr.eval()
+
+    def after_step(self) -> None:
+        self.temperature.clamp_()
+
+    def embed(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Projected embeddings (B, proj_dim) by modality."""
+        out = {"ecg": self.proj["ecg"](self.ecg(batch[0]))}
+        for phase, volume in zip(self.cmr.keys(), batch[1:], strict=True):
+            out[phase] = self.proj[phase](self.cmr[phase](volume))
+        return out
+
+    def forward(self, batch: Sequence[torch.Tensor], generator: torch.Generator | None = None):
+        z = self.embed(batch)
+        # Training batches are sharded across DDP ranks: negatives come from all of them.
+        # Validation runs the whole split on every rank, so it must not gather (it would count
+        # each pair once per rank).
+        loss, terms = dual_phase_loss(z["ecg"].float(), _float(z.get("ed")),
+                                      _float(z.get("es")), self.temperature(),
+                                      weights=self.weights,
+                                      gather=None if self.training else False)
+        return loss, {**terms, "tau": self.temperature().detach()}
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable, device: torch.device) -> dict[str, float]:
+        """Validation loss plus ECG→phase top-1/top-5 retrieval over the whole split."""
+        metrics = super().evaluate(loader, device)
+        parts: dict[str, list[torch.Tensor]] = {}
+        for batch in loader:
+            for key, z in self.embed([b.to(device) for b in batch]).items():
+                parts.setdefault(key, []).append(z.float().cpu())
+        z = {k: torch.cat(v) for k, v in parts.items()}
+        for phase in self.cmr.keys():
+            for k, acc in retrieval_accuracy(z["ecg"], z[phase], k=(1, 5)).items():
+                metrics[f"ecg_to_{phase}_{k}"] = float(acc)
+        return metrics
+
+
+def _float(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.float()
+
+
+def _eval_generator(device: torch.device) -> torch.Generator:
+    # validation masks are the same every epoch, so validation losses are comparable
+    return torch.Generator(device=device).manual_seed(12345)
+
+
+# --------------------------------------------------------------------------- data order
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, sharded across DDP ranks (equal length per rank).
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+    """
+
+    def __init__(self, n: int, seed: int, *, shuffle: bool = True, drop_last: bool = True,
+                 batch_size: int = 1) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world = dist.rank(), dist.world_size()
+        per_rank = n // self.world
+        if drop_last:  # whole batches only: BatchNorm and contrastive losses need B > 1
+            per_rank -= per_rank % batch_size
+        self.per_rank = per_rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        return iter(order[self.rank::self.world][: self.per_rank])
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: OptimConfig) -> float:
+    """Linear warm-up to ``lr``, then half-cycle cosine down to ``min_lr``."""
+    if step < warmup_steps:
+        return cfg.lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1)))
+
+
+def _param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    # no decay on biases and normalisation weights (1-D tensors), as MAE/CLIP training does
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclass
+class FitResult:
+    out_dir: Path
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, float]]
+
+
+def fit(
+    task: Task,
+    cfg: StageConfig,
+    train_ds: Dataset,
+    val_ds: Dataset,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``task`` with the loop described in the module docstring.
+
+    Writes to ``out_dir``: ``config.json``, ``last.pt`` (resume point), ``best.pt`` (weights of
+    the best validation epoch + config), ``steps.csv`` and ``epochs.csv``. Returns with the best
+    weights loaded into ``task``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    dist.seed_everything(cfg.seed)
+    opt_cfg = cfg.optim
+    task.to(dev)
+    net = (DistributedDataParallel(task, device_ids=[dev.index] if dev.type == "cuda" else None)
+           if dist.is_distributed() else task)
+    per_rank_batch = max(2, opt_cfg.batch_size // dist.world_size())
+    sampler = EpochSampler(len(train_ds), cfg.seed, batch_size=per_rank_batch)
+    if len(sampler) == 0:
+        raise ValueError(f"training split has {len(train_ds)} subjects: fewer than one batch "
+                         f"of {per_rank_batch} per rank")
+    loader_kw = {"num_workers": num_workers, "pin_memory": dev.type == "cuda",
+                 "persistent_workers": num_workers > 0}
+    train_loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=sampler,
+                              drop_last=True, **loader_kw)
+    val_loader = DataLoader(val_ds, batch_size=per_rank_batch, shuffle=False, **loader_kw)
+    steps_per_epoch = len(train_loader)
+    if opt_cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, opt_cfg.max_steps_per_epoch)
+    total_steps = steps_per_epoch * opt_cfg.epochs
+    warmup_steps = steps_per_epoch * opt_cfg.warmup_epochs
+    params = task.trainable_parameters()
+    optimizer = torch.optim.AdamW(_param_groups(params, opt_cfg.weight_decay),
+                                  lr=opt_cfg.lr, betas=opt_cfg.betas)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                else contextlib.nullcontext())
+
+    state = {"epoch": 0, "step": 0, "best_val_loss": math.inf, "best_epoch": -1,
+             "bad_epochs": 0, "history": []}
+    if resume and (out / "last.pt").is_file():
+        state = _load_checkpoint(out / "last.pt", task, optimizer, cfg)
+    elif dist.is_main():
+        (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
+        for name in ("steps.csv", "epochs.csv"):
+            (out / name).unlink(missing_ok=True)
+    _truncate_csv(out / "steps.csv", "step", state["step"])
+    _truncate_csv(out / "epochs.csv", "epoch", state["epoch"])
+
+    stopped_early = False
+    while state["epoch"] < opt_cfg.epochs:
+        epoch = state["epoch"]
+        sampler.set_epoch(epoch)
+        for ds in (train_ds,):
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+        task.set_train_mode()
+        bar = tqdm(total=steps_per_epoch, desc=f"{cfg.stage} epoch {epoch + 1}/{opt_cfg.epochs}",
+                   disable=not (progress and dist.is_main()), leave=False)
+        t0 = time.perf_counter()
+        for i, batch in enumerate(train_loader):
+            if i >= steps_per_epoch:
+                break
+            step = state["step"]
+            lr = lr_at(step, total_steps, warmup_steps, opt_cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = [b.to(dev, non_blocking=True) for b in batch]
+            gen = torch.Generator(device=dev).manual_seed(
+                (cfg.seed * 1_000_003 + step) * 64 + dist.rank())
+            with autocast:
+                loss, terms = net(batch, gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            task.after_step()
+            state["step"] = step + 1
+            elapsed = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            row = {"epoch": epoch, "step": step, "lr": lr, "loss": float(loss.detach()),
+                   **{k: float(v) for k, v in terms.items()},
+                   "samples_per_s": len(batch[0]) * dist.world_size() / max(elapsed, 1e-9)}
+            if dist.is_main():
+                _append_csv(out / "steps.csv", row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}")
+            bar.update()
+        bar.close()
+        metrics = {"epoch": epoch, **task.evaluate(val_loader, dev)}
+        state["epoch"] = epoch + 1
+        state["history"].append(metrics)
+        improved = metrics["val_loss"] < state["best_val_loss"]
+        if improved:
+            state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        if dist.is_main():
+            _append_csv(out / "epochs.csv", metrics)
+            if improved:
+                _save_atomic({"model": task.state_dict(), "config": cfg.to_json(),
+                              "epoch": epoch, "val_loss": metrics["val_loss"]}, out / "best.pt")
+            _save_checkpoint(out / "last.pt", task, optimizer, cfg, state)
+        if state["bad_epochs"] >= opt_cfg.patience:
+            stopped_early = True
+            break
+    if dist.is_distributed():
+        torch.distributed.barrier()
+    best = torch.load(out / "best.pt", map_location=dev, weights_only=True)
+    task.load_state_dict(best["model"])
+    return FitResult(out_dir=out, best_epoch=state["best_epoch"],
+                     best_val_loss=state["best_val_loss"], epochs_run=state["epoch"],
+                     stopped_early=stopped_early, history=state["history"])
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)   # a crash mid-write never leaves a truncated checkpoint
+
+
+def _save_checkpoint(path: Path, task: Task, optimizer: torch.optim.Optimizer,
+                     cfg: StageConfig, state: dict) -> None:
+    _save_atomic({
+        "model": task.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "config": cfg.to_json(),
+        "state": {k: v for k, v in state.items() if k != "history"},
+        "history": json.dumps(state["history"]),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": json.dumps(_numpy_state()),
+                "python": json.dumps(random.getstate())},
+    }, path)
+
+
+def _numpy_state() -> list:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), pos, has_gauss, cached]
+
+
+def _load_checkpoint(path: Path, task: Task, optimizer: torch.optim.Optimizer,
+                     cfg: StageConfig) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt["config"] != cfg.to_json():
+        raise ValueError(f"{path} was written with another configuration; "
+                         "resume with the same settings or use a new output folder")
+    task.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if ckpt["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    kind, keys, pos, has_gauss, cached = json.loads(ckpt["rng"]["numpy"])
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    py = json.loads(ckpt["rng"]["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    state = dict(ckpt["state"])
+    state["history"] = json.loads(ckpt["history"])
+    return state
+
+
+def load_stage(path: str | Path, map_location: str | torch.device = "cpu"
+               ) -> tuple[StageConfig, dict[str, torch.Tensor]]:
+    """Config and weights of a stage's ``best.pt`` (or ``last.pt``)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    return StageConfig.from_json(ckpt["config"]), ckpt["model"]
+
+
+# --------------------------------------------------------------------------- csv helpers
+def _append_csv(path: Path, row: dict[str, object]) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _truncate_csv(path: Path, key: str, keep_below: int) -> None:
+    """Drop rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    kept = [r for r in rows if int(float(r[key])) < keep_below]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
