@@ -74,7 +74,7 @@ PROFILES: dict[str, Profile] = {
             cmr_shape=(12, 64, 64),
             cmr_spacing_mm=(10.0, 2.4, 2.4),
             model_size="teaching",
-            epochs={"cmr": 8, "ecg": 10, "align": 15},
+            epochs={"cmr": 5, "ecg": 6, "align": 8},
             batch_size=32,
         ),
         Profile(

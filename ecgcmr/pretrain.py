@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ecgcmr import distributed as dist
 from ecgcmr.data.cache import Cache
 from ecgcmr.data.dataset import Augment, PairedDataset
 from ecgcmr.models import CmrEncoder, build_ecg_encoder
@@ -80,6 +81,7 @@ def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
     ``init`` (stage C): paths of the stage-A ``best.pt`` per phase (``"ed"``, ``"es"``) and of
     the stage-B ``best.pt`` (``"ecg"``, optional: without it the ECG encoder starts random).
     """
+    dist.seed_everything(cfg.seed)   # the new layers' initial weights depend only on the seed
     task = build_task(cache, cfg, init or {})
     done = Path(out_dir) / "done.json"
     if done.is_file():
@@ -132,7 +134,7 @@ def ecg_encoder_for(method: str, *, seed: int, size: str, ecg_kind: str = "vit",
     if method == "ecg_only":
         return load_ecg_encoder(stage_b)
     if method == "random":
-        torch.manual_seed(seed)
+        dist.seed_everything(seed)
         return build_ecg_encoder(ecg_kind, size)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 

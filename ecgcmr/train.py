@@ -479,7 +479,7 @@ def _save_checkpoint(path: Path, task: Task, optimizer: torch.optim.Optimizer,
 
 
 def _numpy_state() -> list:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (saved as is)
     return [kind, keys.tolist(), pos, has_gauss, cached]
 
 
@@ -495,7 +495,7 @@ def _load_checkpoint(path: Path, task: Task, optimizer: torch.optim.Optimizer,
     if ckpt["rng"]["cuda"]:
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     kind, keys, pos, has_gauss, cached = json.loads(ckpt["rng"]["numpy"])
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))  # noqa: NPY002
     py = json.loads(ckpt["rng"]["python"])
     random.setstate((py[0], tuple(py[1]), py[2]))
     state = dict(ckpt["state"])

@@ -69,7 +69,7 @@ def test_factory_rejects_unknown_names() -> None:
 
 # --------------------------------------------------------------------------- ECG encoders
 @pytest.mark.parametrize("kind,size,out_dim", [
-    ("vit", "tiny", 32), ("vit", "teaching", 128), ("cnn", "tiny", 64), ("cnn", "teaching", 256),
+    ("vit", "tiny", 32), ("vit", "teaching", 96), ("cnn", "tiny", 64), ("cnn", "teaching", 256),
 ])
 def test_ecg_encoder_output_shape(kind: str, size: str, out_dim: int) -> None:
     enc = build_ecg_encoder(kind, size)

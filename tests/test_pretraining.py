@@ -1,0 +1,99 @@
+"""The three stages on a small synthetic cohort: each lowers its loss, and the dual-phase
+alignment retrieves the right CMR for an ECG well above chance on held-out subjects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from ecgcmr.config import get_profile
+from ecgcmr.data import build_cache, read_manifest
+from ecgcmr.pretrain import ecg_encoder_for, embed_ecg, load_cmr_encoder, train_stage
+from ecgcmr.synth.cohort import generate_cohort
+
+PROFILE = get_profile("tiny")
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("pretrain")
+    manifest = generate_cohort(root / "cohort", PROFILE.cohort_spec(seed=5, n_subjects=160),
+                               workers=1, progress=False)
+    cache = build_cache(read_manifest(manifest), root / "cache", PROFILE.cache_spec(),
+                        progress=False)
+    out: dict[str, object] = {"cache": cache, "root": root}
+    for phase in ("ed", "es"):
+        cfg = PROFILE.stage_config("cmr", phase=phase, epochs=4, batch_size=16)
+        out[phase] = train_stage(cache, cfg, root / f"A-{phase}", progress=False)
+    cfg = PROFILE.stage_config("ecg", epochs=4, batch_size=16)
+    out["ecg"] = train_stage(cache, cfg, root / "B", progress=False)
+    init = {k: out[k].out_dir / "best.pt" for k in ("ed", "es", "ecg")}
+    cfg = PROFILE.stage_config("align", method="dual", epochs=12, batch_size=16)
+    out["align"] = train_stage(cache, cfg, root / "C", init=init, progress=False)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["ed", "es", "ecg", "align"])
+def test_each_stage_lowers_its_validation_loss(stages, stage: str) -> None:
+    losses = [h["val_loss"] for h in stages[stage].history]
+    assert min(losses[1:]) < losses[0], losses
+
+
+@pytest.mark.slow
+def test_alignment_retrieves_well_above_chance(stages) -> None:
+    # 24 validation subjects: chance top-5 is 5/24 = 0.21; single top-k values on so few
+    # subjects are noisy, so the check is on the mean over both phases at the best epoch
+    n_val = len(stages["cache"].rows("val"))
+    best = stages["align"].history[stages["align"].best_epoch]
+    top5 = (best["ecg_to_ed_top5"] + best["ecg_to_es_top5"]) / 2
+    assert top5 > 1.75 * 5 / n_val, best
+
+
+@pytest.mark.slow
+def test_finished_stages_are_reused_not_retrained(stages) -> None:
+    cfg = PROFILE.stage_config("cmr", phase="ed", epochs=4, batch_size=16)
+    steps_before = (stages["ed"].out_dir / "steps.csv").stat().st_mtime_ns
+    again = train_stage(stages["cache"], cfg, stages["ed"].out_dir, progress=False)
+    assert again.best_val_loss == stages["ed"].best_val_loss
+    assert (stages["ed"].out_dir / "steps.csv").stat().st_mtime_ns == steps_before
+
+
+@pytest.mark.slow
+def test_each_phase_loads_its_own_cmr_checkpoint(stages) -> None:
+    ed = load_cmr_encoder(stages["ed"].out_dir / "best.pt")
+    es = load_cmr_encoder(stages["es"].out_dir / "best.pt")
+    assert any(not torch.equal(a, b) for a, b in zip(ed.state_dict().values(),
+                                                     es.state_dict().values(), strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dual", "ecg_only", "random"])
+def test_embeddings_cover_every_subject(stages, method: str) -> None:
+    encoder = ecg_encoder_for(method, seed=0, size=PROFILE.model_size,
+                              stage_b=stages["ecg"].out_dir / "best.pt",
+                              stage_c=stages["align"].out_dir / "best.pt")
+    emb = embed_ecg(encoder, stages["cache"], device="cpu")
+    cache_ok = stages["cache"].rows()
+    assert list(emb["subject_id"]) == list(cache_ok["subject_id"])
+    assert set(emb["split"]) == {"train", "val", "test"}
+    features = emb.filter(regex=r"^e\d+$")
+    assert features.shape[1] == encoder.out_dim and features.notna().all().all()
+    assert isinstance(emb, pd.DataFrame)
+
+
+def test_the_paper_stage_defaults_are_the_papers() -> None:
+    cfg = get_profile("paper").stage_config("align")
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay) == (1e-3, (0.9, 0.95), 0.005)
+    assert (cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.optim.batch_size) == (100, 40, 64)
+    assert (cfg.optim.patience, cfg.temperature, cfg.proj_dim, cfg.mask_ratio) == (
+        15, 0.07, 128, 0.7)
+    assert cfg.method == "dual" and cfg.size == "paper"
+
+
+def test_unknown_method_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="method"):
+        PROFILE.stage_config("align", method="triple")
