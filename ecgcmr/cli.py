@@ -46,13 +46,45 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("preprocess", help="build the preprocessing cache of a manifest")
     p.add_argument("--manifest", required=True, type=Path)
-    p.add_argument("--cache-dir", required=True, type=Path)
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="default: data/cache/<manifest folder>-<hash of the settings>, "
+                        "where the notebooks and `ecgcmr pretrain` look")
+    p.add_argument("--data-dir", default="data")
     p.add_argument("--profile", choices=sorted(PROFILES), default="tiny",
                    help="sets the CMR grid")
     p.add_argument("--notch-hz", type=float, default=50.0,
                    help="mains notch frequency (50 UK/Europe, 60 Americas; 0 disables)")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_preprocess)
+
+    p = sub.add_parser("pretrain", help="train one pretraining stage (works under torchrun)")
+    p.add_argument("stage", choices=["cmr", "ecg", "align"],
+                   help="A: CMR phase encoder, B: ECG masked autoencoder, C: alignment")
+    _data_args(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default for cmr/ecg: data/models/<cache>/<stage>-...)")
+    p.add_argument("--phase", choices=["ed", "es"], default="ed", help="stage A: which phase")
+    p.add_argument("--method", choices=["dual", "ed", "es"], default="dual", help="stage C")
+    p.add_argument("--ecg-encoder", choices=["vit", "cnn"], default="vit")
+    p.add_argument("--init-ed", type=Path, help="stage C: stage-A ED best.pt")
+    p.add_argument("--init-es", type=Path, help="stage C: stage-A ES best.pt")
+    p.add_argument("--init-ecg", type=Path, help="stage C: stage-B best.pt (else random init)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=0, help="0: the profile's")
+    p.add_argument("--batch-size", type=int, default=0, help="global batch; 0: the profile's")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("embed", help="frozen ECG embeddings of every subject -> parquet")
+    _data_args(p)
+    p.add_argument("--checkpoint", type=Path, help="stage-B or stage-C best.pt")
+    p.add_argument("--random", action="store_true", help="a random encoder (the floor)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output .parquet")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_embed)
 
     p = sub.add_parser("reproduce", help="run the notebook series into a run folder")
     p.add_argument("--profile", choices=sorted(PROFILES), default="teaching")
@@ -63,6 +95,81 @@ def _parser() -> argparse.ArgumentParser:
                    help="override any notebook parameter, e.g. --set cohort_seed=1")
     p.set_defaults(func=_reproduce)
     return parser
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    from ecgcmr.config import PROFILES
+
+    p.add_argument("--manifest", default="", help="manifest (default: the profile's synthetic "
+                   "cohort in --data-dir)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="tiny")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--n-subjects", type=int, default=0)
+    p.add_argument("--cohort-seed", type=int, default=0)
+    p.add_argument("--notch-hz", type=float, default=50.0)
+
+
+def _open_cache(args: argparse.Namespace):  # noqa: ANN202 - returns ecgcmr.data.Cache
+    from ecgcmr.config import get_profile
+    from ecgcmr.runs import locate_cache, locate_manifest
+
+    manifest = locate_manifest(args.manifest, profile=args.profile, n_subjects=args.n_subjects,
+                               cohort_seed=args.cohort_seed, data_dir=args.data_dir)
+    spec = get_profile(args.profile).cache_spec(notch_hz=args.notch_hz or None)
+    return locate_cache(manifest, spec, args.data_dir)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from ecgcmr import distributed as dist
+    from ecgcmr.config import get_profile
+    from ecgcmr.pretrain import stage_dir, train_stage
+    from ecgcmr.runs import resolve
+
+    dist.setup_from_env()   # a no-op unless started by torchrun
+    try:
+        cache = _open_cache(args)
+        extra = {"phase": args.phase} if args.stage == "cmr" else \
+            {"method": args.method, "ecg_encoder": args.ecg_encoder} if args.stage == "align" \
+            else {}
+        cfg = get_profile(args.profile).stage_config(
+            args.stage, seed=args.seed, epochs=args.epochs or None,
+            batch_size=args.batch_size or None, **extra)
+        if args.stage == "align":
+            if not (args.init_ed or args.init_es) or args.out is None:
+                raise SystemExit("ecgcmr pretrain align needs --out and the stage-A checkpoints "
+                                 "(--init-ed / --init-es) its method uses")
+        out = args.out or stage_dir(resolve(args.data_dir) / "models" / cache.root.name, cfg)
+        init = {k: v for k, v in (("ed", args.init_ed), ("es", args.init_es),
+                                  ("ecg", args.init_ecg)) if v is not None}
+        result = train_stage(cache, cfg, out, init=init, resume=not args.no_resume,
+                             device=args.device, num_workers=args.num_workers)
+        if dist.is_main():
+            print(f"{args.stage}: best validation loss {result.best_val_loss:.4f} at epoch "
+                  f"{result.best_epoch + 1}; checkpoint {result.out_dir / 'best.pt'}")
+    finally:
+        dist.cleanup()
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from ecgcmr import distributed as dist
+    from ecgcmr.config import get_profile
+    from ecgcmr.models import build_ecg_encoder
+    from ecgcmr.pretrain import embed_ecg, load_ecg_encoder
+
+    cache = _open_cache(args)
+    if args.random == (args.checkpoint is not None):
+        raise SystemExit("ecgcmr embed needs exactly one of --checkpoint or --random")
+    if args.random:
+        dist.seed_everything(args.seed)
+        encoder = build_ecg_encoder("vit", get_profile(args.profile).model_size)
+    else:
+        encoder = load_ecg_encoder(args.checkpoint)
+    emb = embed_ecg(encoder, cache, device=args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    emb.to_parquet(args.out, index=False)
+    print(f"{len(emb)} subjects x {emb.shape[1] - 2} features -> {args.out}")
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -88,12 +195,14 @@ def _preprocess(args: argparse.Namespace) -> int:
     from ecgcmr.config import get_profile
     from ecgcmr.data.cache import build_cache
     from ecgcmr.data.manifest import read_manifest
+    from ecgcmr.runs import cache_dir_for
 
     spec = get_profile(args.profile).cache_spec(notch_hz=args.notch_hz or None)
-    cache = build_cache(read_manifest(args.manifest), args.cache_dir, spec, workers=args.workers)
+    folder = args.cache_dir or cache_dir_for(args.manifest, spec.to_json(), args.data_dir)
+    cache = build_cache(read_manifest(args.manifest), folder, spec, workers=args.workers)
     n_bad = int((~cache.index["ok"]).sum())
-    print(f"cache {args.cache_dir}: {len(cache.index) - n_bad} subjects ok, {n_bad} rejected "
-          f"(see {Path(args.cache_dir) / 'qc_report.csv'})")
+    print(f"cache {folder}: {len(cache.index) - n_bad} subjects ok, {n_bad} rejected "
+          f"(see {Path(folder) / 'qc_report.csv'})")
     return 0
 
 

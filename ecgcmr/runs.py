@@ -141,7 +141,9 @@ def run_series(
     status_file = run / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     notebooks = list(notebooks) if notebooks is not None else notebook_series()
-    declared = {nb.name: set(pm.inspect_notebook(str(nb))) for nb in notebooks}
+    # a parameter is known if any notebook of the series declares it (one --set serves all)
+    declared = {nb.name: set(pm.inspect_notebook(str(nb)))
+                for nb in {*notebooks, *notebook_series()}}
     unknown = set(params) - set().union(*declared.values())
     if unknown:
         raise ValueError(f"no notebook declares the parameter(s) {sorted(unknown)}")

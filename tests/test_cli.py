@@ -39,3 +39,23 @@ def test_parse_assignments() -> None:
         "seed": 1, "notch_hz": 60.0, "manifest": "a/b.csv", "flag": True}
     with pytest.raises(SystemExit):
         parse_assignments(["nothing"])
+
+
+@pytest.mark.slow
+def test_pretrain_and_embed_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = str(tmp_path / "data")
+    cohort = tmp_path / "data" / "synthetic" / "tiny-n24-seed0"
+    common = ["--profile", "tiny", "--data-dir", data, "--n-subjects", "24"]
+    assert main(["synth", "--profile", "tiny", "--n", "24", "--out", str(cohort)]) == 0
+    assert main(["preprocess", "--manifest", str(cohort / "manifest.csv"), "--profile", "tiny",
+                 "--data-dir", data]) == 0
+    assert main(["pretrain", "cmr", "--phase", "ed", "--epochs", "1", "--num-workers", "0",
+                 *common]) == 0
+    ed = capsys.readouterr().out.split("checkpoint ")[-1].strip()
+    assert Path(ed).is_file()
+    assert main(["pretrain", "align", "--method", "ed", "--init-ed", ed, "--epochs", "1",
+                 "--num-workers", "0", "--out", str(tmp_path / "C"), *common]) == 0
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", "--checkpoint", str(tmp_path / "C" / "best.pt"), "--out", str(out),
+                 *common]) == 0
+    assert len(pd.read_parquet(out)) == 24

@@ -29,8 +29,22 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     provenance = json.loads((run / "provenance.json").read_text())
     assert provenance["00_cohort.ipynb"]["packages"]["torch"].startswith("2.13")
     assert "profile: tiny" in (run / "params.yaml").read_text()
+    assert (run / "embeddings" / "ecg.parquet").is_file()
+    assert (run / "figures" / "02_training_curves.png").is_file()
     # a finished run folder is never re-executed or overwritten
     assert set(run_series(run, params, progress=False).values()) == {"skipped"}
+    # a batch rerun of one notebook with other parameters gets its own folder and embeddings
+    pretraining = [nb for nb in notebook_series() if nb.name.startswith("02_")]
+    other = tmp_path / "es_seed3"
+    assert run_series(other, {**params, "method": "es", "seed": 3}, pretraining,
+                      progress=False) == {"02_pretraining.ipynb": "done"}
+    import pandas as pd
+
+    a = pd.read_parquet(run / "embeddings" / "ecg.parquet")
+    b = pd.read_parquet(other / "embeddings" / "ecg.parquet")
+    assert list(a["subject_id"]) == list(b["subject_id"])
+    assert not a.filter(regex="^e").equals(b.filter(regex="^e"))
+    assert "method: es" in (other / "params.yaml").read_text()
 
 
 def test_notebooks_declare_parameters_and_are_clean() -> None:
