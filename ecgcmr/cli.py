@@ -92,7 +92,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="run folder (default: runs/<timestamp>); an existing one is resumed")
     p.add_argument("--workers", type=int, default=2, help="processes for data preparation")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any notebook parameter, e.g. --set cohort_seed=1")
+                   help="override any notebook parameter, e.g. --set cohort_seed=1; "
+                        "comma-separated values make a grid: --set seed=1,2,3 --set method=dual,ed")
+    p.add_argument("--jobs", type=int, default=1, help="grid cells run in parallel")
+    p.add_argument("--until", default="99", metavar="NN",
+                   help="run the notebooks up to this number only (e.g. 01: data preparation)")
     p.set_defaults(func=_reproduce)
     return parser
 
@@ -207,26 +211,40 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, object]:
-    """``["seed=1", "notch_hz=60.0", "manifest=a.csv"]`` -> typed values (literals, else str)."""
+    """``["seed=1", "notch_hz=60.0", "method=dual,ed"]`` -> typed values (Python literals,
+    else strings); a comma-separated value becomes a list: a grid axis."""
     out: dict[str, object] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"ecgcmr: --set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = raw
+        values = [_literal(v) for v in raw.split(",")]
+        out[key.strip()] = values if len(values) > 1 else values[0]
     return out
 
 
+def _literal(raw: str) -> object:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
 def _reproduce(args: argparse.Namespace) -> int:
-    from ecgcmr.runs import new_run_dir, run_series
+    from ecgcmr.runs import new_run_dir, notebook_series, run_grid, run_series
 
     params = {"profile": args.profile, "workers": args.workers, **parse_assignments(args.set)}
+    if any(isinstance(v, list) for v in params.values()):
+        grid = new_run_dir(args.run_dir)
+        print(f"grid folder: {grid}")
+        cells = run_grid(grid, params, jobs=args.jobs, until=args.until)
+        for name, state in cells.items():
+            print(f"  {name}: {state}")
+        print(f"summary: {grid / 'summary.csv'}")
+        return 1 if "failed" in cells.values() else 0
     run = new_run_dir(args.run_dir)
     print(f"run folder: {run}")
-    result = run_series(run, params)
+    result = run_series(run, params, notebook_series(until=args.until))
     for name, state in result.items():
         print(f"  {name}: {state}")
     return 1 if "failed" in result.values() else 0

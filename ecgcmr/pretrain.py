@@ -18,6 +18,7 @@ public code, which loaded one, is fixed here).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import replace
@@ -31,6 +32,7 @@ from torch import nn
 from ecgcmr import distributed as dist
 from ecgcmr.data.cache import Cache
 from ecgcmr.data.dataset import Augment, PairedDataset
+from ecgcmr.filelock import exclusive
 from ecgcmr.models import CmrEncoder, build_ecg_encoder
 from ecgcmr.train import (
     AlignTask,
@@ -84,14 +86,19 @@ def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
     dist.seed_everything(cfg.seed)   # the new layers' initial weights depend only on the seed
     task = build_task(cache, cfg, init or {})
     done = Path(out_dir) / "done.json"
-    if done.is_file():
-        _, weights = load_stage(Path(out_dir) / "best.pt")
-        task.load_state_dict(weights)
-        return FitResult(**{**json.loads(done.read_text()), "out_dir": Path(out_dir)})
-    train, val = datasets(cache, task, cfg)
-    result = fit(task, cfg, train, val, out_dir, resume=resume, **fit_kw)
-    summary = {k: v for k, v in result.__dict__.items() if k != "out_dir"}
-    done.write_text(json.dumps(summary, indent=2))
+    # parallel runs sharing a stage wait for the first to finish it (not under DDP, where all
+    # ranks of one run work on it together)
+    lock = contextlib.nullcontext() if dist.is_distributed() else exclusive(out_dir)
+    with lock:
+        if done.is_file():
+            _, weights = load_stage(Path(out_dir) / "best.pt")
+            task.load_state_dict(weights)
+            return FitResult(**{**json.loads(done.read_text()), "out_dir": Path(out_dir)})
+        train, val = datasets(cache, task, cfg)
+        result = fit(task, cfg, train, val, out_dir, resume=resume, **fit_kw)
+        if dist.is_main():
+            summary = {k: v for k, v in result.__dict__.items() if k != "out_dir"}
+            done.write_text(json.dumps(summary, indent=2))
     return result
 
 

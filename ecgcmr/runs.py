@@ -18,8 +18,12 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Set this to the project checkout when running notebooks from elsewhere.
 HOME_ENV = "ECGCMR_HOME"
@@ -115,9 +119,10 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def notebook_series(folder: str | Path = "notebooks") -> list[Path]:
-    """The numbered notebooks, in order (``00_*.ipynb``, ``01_*.ipynb``, ...)."""
-    return sorted(p for p in resolve(folder).glob("[0-9][0-9]_*.ipynb"))
+def notebook_series(folder: str | Path = "notebooks", until: str = "99") -> list[Path]:
+    """The numbered notebooks, in order (``00_*.ipynb``, ``01_*.ipynb``, ...), up to and
+    including number ``until``."""
+    return sorted(p for p in resolve(folder).glob("[0-9][0-9]_*.ipynb") if p.name[:2] <= until)
 
 
 def run_series(
@@ -228,3 +233,92 @@ def locate_cache(manifest_path: str | Path, spec: object, data_dir: str | Path =
                         f"or `ecgcmr preprocess --manifest {manifest_path} --cache-dir {folder}`",
                         path=folder)
     return open_cache(folder)
+
+
+def expand_grid(params: Mapping[str, object]) -> list[dict[str, object]]:
+    """Every combination of the list-valued parameters (the others are shared by all cells)."""
+    import itertools
+
+    keys = [k for k, v in params.items() if isinstance(v, list)]
+    fixed = {k: v for k, v in params.items() if k not in keys}
+    combos = itertools.product(*(params[k] for k in keys))
+    return [{**fixed, **dict(zip(keys, combo, strict=True))} for combo in combos]
+
+
+def cell_name(cell: Mapping[str, object], keys: Sequence[str]) -> str:
+    """A grid cell's folder name, e.g. ``method-dual_seed-1``."""
+    return "_".join(f"{k}-{cell[k]}" for k in keys) or "cell"
+
+
+def run_grid(
+    grid_dir: str | Path,
+    params: Mapping[str, object],
+    *,
+    jobs: int = 1,
+    until: str = "99",
+) -> dict[str, str]:
+    """Run the notebook series once per grid cell, each in ``grid_dir/<cell>/``.
+
+    The first cell runs alone so the artifacts every cell shares (cohort, cache, and the
+    stage-A/B checkpoints of its seed) are built once; the rest run ``jobs`` at a time, each in
+    its own process (``ecgcmr reproduce`` on one cell). A finished cell is skipped; a failing
+    cell keeps its executed notebook with the error and does not stop the others. Ends by
+    writing ``grid_dir/summary.csv`` (mean ± sd over seeds of every tidy metric table).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    grid = Path(resolve(grid_dir))
+    grid.mkdir(parents=True, exist_ok=True)
+    keys = [k for k, v in params.items() if isinstance(v, list)]
+    cells = expand_grid(params)
+    base = [sys.executable, "-m", "ecgcmr", "reproduce", "--until", until]
+    wanted = [nb.name for nb in notebook_series(until=until)]
+
+    def run_cell(cell: dict[str, object]) -> tuple[str, str]:
+        name = cell_name(cell, keys)
+        status_file = grid / name / "status.json"
+        if status_file.is_file():
+            status = json.loads(status_file.read_text())
+            if all(status.get(nb) == "done" for nb in wanted):
+                return name, "skipped"
+        sets = [f"--set={k}={v}" for k, v in cell.items() if k != "profile"]
+        argv = [*base, "--profile", str(cell.get("profile", "teaching")),
+                "--run-dir", str(grid / name), *sets]
+        with open(grid / f"{name}.log", "w") as log:
+            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False,
+                                cwd=project_root()).returncode
+        return name, "done" if rc == 0 else "failed"
+
+    results = dict([run_cell(cells[0])])
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results.update(pool.map(run_cell, cells[1:]))
+    (grid / "grid.json").write_text(json.dumps({"params": {k: _plain(v) if not isinstance(
+        v, list) else [_plain(x) for x in v] for k, v in params.items()},
+        "cells": results}, indent=2))
+    summarise_grid(grid)
+    return results
+
+
+def summarise_grid(grid_dir: str | Path) -> pd.DataFrame:
+    """Mean ± sd over seeds of every tidy metric table (``tables/*metrics*.csv``) of a grid.
+
+    A tidy table has one row per (method, seed, target, metric) with a ``value`` column; rows
+    are grouped by every column except ``seed``, ``value`` and confidence bounds.
+    """
+    import pandas as pd
+
+    grid = Path(grid_dir)
+    frames = []
+    for table in sorted(grid.glob("*/tables/*metrics*.csv")):
+        df = pd.read_csv(table)
+        if {"metric", "value"} <= set(df.columns):
+            frames.append(df.assign(table=table.stem))
+    if not frames:
+        summary = pd.DataFrame(columns=["table", "metric", "mean", "sd", "n_seeds"])
+    else:
+        tidy = pd.concat(frames, ignore_index=True)
+        by = [c for c in tidy.columns if c not in ("seed", "value", "ci_low", "ci_high", "n")]
+        summary = (tidy.groupby(by, dropna=False)["value"]
+                   .agg(mean="mean", sd="std", n_seeds="count").reset_index())
+    summary.to_csv(grid / "summary.csv", index=False)
+    return summary

@@ -62,3 +62,26 @@ def test_notebooks_declare_parameters_and_are_clean() -> None:
 def test_unknown_parameters_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no_such_parameter"):
         run_series(tmp_path, {"no_such_parameter": 1})
+
+
+@pytest.mark.slow
+def test_a_grid_reuses_the_cohort_skips_finished_cells_and_survives_a_failing_one(
+        tmp_path: Path) -> None:
+    from ecgcmr.runs import run_grid
+
+    data = tmp_path / "data"
+    # notch 300 Hz is above the Nyquist frequency: those cells fail in notebook 01
+    params = {"profile": "tiny", "n_subjects": 12, "workers": 1, "data_dir": str(data),
+              "seed": [1, 2], "notch_hz": [50.0, 300.0]}
+    first = run_grid(tmp_path / "grid", params, jobs=2, until="01")
+    assert first == {"seed-1_notch_hz-50.0": "done", "seed-1_notch_hz-300.0": "failed",
+                     "seed-2_notch_hz-50.0": "done", "seed-2_notch_hz-300.0": "failed"}
+    assert len(list((data / "synthetic").iterdir())) == 1           # one cohort for all cells
+    failed = nbformat.read(tmp_path / "grid" / "seed-1_notch_hz-300.0" /
+                           "01_preprocessing.ipynb", as_version=4)
+    assert any(o.get("output_type") == "error" for c in failed.cells
+               for o in c.get("outputs", []))                          # the error is kept
+    second = run_grid(tmp_path / "grid", params, jobs=2, until="01")
+    assert second["seed-1_notch_hz-50.0"] == "skipped"
+    assert second["seed-2_notch_hz-50.0"] == "skipped"
+    assert (tmp_path / "grid" / "summary.csv").is_file()

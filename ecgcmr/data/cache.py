@@ -41,6 +41,7 @@ from ecgcmr.data.cmr import (
 )
 from ecgcmr.data.ecg import EcgPreprocessing, load_ecg, preprocess_ecg
 from ecgcmr.errors import DataError
+from ecgcmr.filelock import exclusive
 
 _CHECKPOINT_EVERY = 64  # subjects between progress checkpoints (flush arrays + status)
 _OK = "ok"
@@ -103,6 +104,13 @@ def build_cache(
     ``manifest`` is what :func:`ecgcmr.data.read_manifest` returns (absolute paths).
     """
     root = Path(cache_dir)
+    with exclusive(root):
+        _build(manifest, root, spec, workers, progress)
+    return open_cache(root)
+
+
+def _build(manifest: pd.DataFrame, root: Path, spec: CacheSpec, workers: int,
+           progress: bool) -> None:
     _claim(root, spec)
     n = len(manifest)
     arrays = _open_arrays(root, n, spec)
@@ -125,7 +133,6 @@ def build_cache(
                 _checkpoint(root, arrays, status)
     _checkpoint(root, arrays, status)
     _write_index(root, manifest, status)
-    return open_cache(root)
 
 
 def _run(jobs: Iterator[tuple[dict, CacheSpec]], workers: int) -> Iterator[tuple]:

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ecgcmr.constants import COVARIATES, ECG_FS_HZ, LEADS
 from ecgcmr.data.manifest import assign_splits, read_manifest
 from ecgcmr.errors import DataError
+from ecgcmr.filelock import exclusive
 from ecgcmr.synth.cmr import SaxSpec, measure_phenotypes, render_cmr, spacing_from_affine
 from ecgcmr.synth.ecg import simulate_ecg
 from ecgcmr.synth.outcomes import sample_outcomes
@@ -80,6 +81,11 @@ def generate_cohort(
     Already finished subjects are kept, so an interrupted run continues where it stopped.
     """
     out = Path(out_dir)
+    with exclusive(out):
+        return _generate(out, spec, workers, progress)
+
+
+def _generate(out: Path, spec: CohortSpec, workers: int, progress: bool) -> Path:
     _claim_folder(out, spec)
     for sub in ("ecg", "cmr", "latent", ".rows"):
         (out / sub).mkdir(parents=True, exist_ok=True)
