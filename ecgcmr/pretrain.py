@@ -32,7 +32,7 @@ from torch import nn
 from ecgcmr import distributed as dist
 from ecgcmr.data.cache import Cache
 from ecgcmr.data.dataset import Augment, PairedDataset
-from ecgcmr.filelock import exclusive
+from ecgcmr.files import exclusive
 from ecgcmr.models import CmrEncoder, build_ecg_encoder
 from ecgcmr.train import (
     AlignTask,

@@ -20,7 +20,6 @@ dataset never serves them.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,7 @@ from ecgcmr.data.cmr import (
 )
 from ecgcmr.data.ecg import EcgPreprocessing, load_ecg, preprocess_ecg
 from ecgcmr.errors import DataError
-from ecgcmr.filelock import exclusive
+from ecgcmr.files import exclusive, write_text_atomic
 
 _CHECKPOINT_EVERY = 64  # subjects between progress checkpoints (flush arrays + status)
 _OK = "ok"
@@ -200,7 +199,7 @@ def _claim(root: Path, spec: CacheSpec) -> None:
                             "use a new cache folder", path=marker,
                             expected=json.dumps(spec.to_json()), found=json.dumps(found))
     else:
-        _write_atomic(marker, json.dumps(spec.to_json(), indent=2))
+        write_text_atomic(marker, json.dumps(spec.to_json(), indent=2))
 
 
 def _open_arrays(root: Path, n: int, spec: CacheSpec) -> dict[str, np.ndarray]:
@@ -230,7 +229,7 @@ def _checkpoint(root: Path, arrays: dict[str, np.ndarray], status: dict[str, obj
     # arrays first: a subject is marked done only once its data is on disk
     for arr in arrays.values():
         arr.flush()
-    _write_atomic(root / "status.json", json.dumps(status))
+    write_text_atomic(root / "status.json", json.dumps(status))
 
 
 def _write_index(root: Path, manifest: pd.DataFrame, status: dict[str, object]) -> None:
@@ -243,8 +242,3 @@ def _write_index(root: Path, manifest: pd.DataFrame, status: dict[str, object]) 
     pd.DataFrame(qc_rows, columns=["subject_id", "modality", "file", "reason"]).to_csv(
         root / "qc_report.csv", index=False)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

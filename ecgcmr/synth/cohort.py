@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ecgcmr.constants import COVARIATES, ECG_FS_HZ, LEADS
 from ecgcmr.data.manifest import assign_splits, read_manifest
 from ecgcmr.errors import DataError
-from ecgcmr.filelock import exclusive
+from ecgcmr.files import exclusive, write_text_atomic
 from ecgcmr.synth.cmr import SaxSpec, measure_phenotypes, render_cmr, spacing_from_affine
 from ecgcmr.synth.ecg import simulate_ecg
 from ecgcmr.synth.outcomes import sample_outcomes
@@ -123,7 +123,7 @@ def _claim_folder(out: Path, spec: CohortSpec) -> None:
                 path=marker, expected=json.dumps(wanted), found=json.dumps(found))
         return
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(marker, json.dumps(wanted, indent=2))
+    write_text_atomic(marker, json.dumps(wanted, indent=2))
 
 
 def make_subject(spec: CohortSpec, index: int) -> dict[str, object]:
@@ -156,7 +156,7 @@ def _generate_one(out: Path, spec: CohortSpec, index: int) -> str:
            **{k: _plain(v) for k, v in subject["outcomes"].items()}}
     record = {"manifest": row, "latent": {k: _plain(v) for k, v in state.items()}}
     # written last: a subject counts as done only once all its files are on disk
-    _write_atomic(_row_file(out, sid), json.dumps(record))
+    write_text_atomic(_row_file(out, sid), json.dumps(record))
     return sid
 
 
@@ -183,11 +183,6 @@ def _write_nifti(out: Path, rel: str, array: np.ndarray, affine: np.ndarray) -> 
 def _row_file(out: Path, sid: str) -> Path:
     return out / ".rows" / f"{sid}.json"
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _plain(value: object) -> object:

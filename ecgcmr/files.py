@@ -1,0 +1,39 @@
+"""File helpers shared by everything that writes resumable work.
+
+* :func:`exclusive`: a lock on a folder's work, so parallel runs never build the same thing
+  twice. Grid cells run in parallel share the cohort, the cache and the stage-A/B checkpoints;
+  the first cell to reach one builds it while the others wait, then find it finished.
+* :func:`write_text_atomic`: a file is either the old or the new version, never half written,
+  so an interrupted run can always resume from what is on disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def exclusive(folder: str | Path) -> Iterator[None]:
+    """Hold ``<folder>/.lock`` (a POSIX advisory lock, released if the process dies)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
