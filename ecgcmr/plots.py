@@ -754,3 +754,54 @@ def plot_embedding_map(points: np.ndarray, values: np.ndarray, *, label: str,
     fig.colorbar(sc, ax=ax, label=label)
     ax.set(xlabel="component 1", ylabel="component 2", title=title or "")
     return fig
+
+
+def plot_predicted_vs_measured(y_true: np.ndarray, y_pred: np.ndarray, *, label: str,
+                               title: str | None = None) -> Figure:
+    """Scatter of predicted against measured values with the identity line (left) and a
+    Bland–Altman plot (right): difference against mean, with the bias and the 95 % limits of
+    agreement (bias ± 1.96 SD of the differences)."""
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    keep = np.isfinite(y_true) & np.isfinite(y_pred) if y_true.shape == y_pred.shape else \
+        np.zeros(0, dtype=bool)
+    if y_true.shape != y_pred.shape or keep.sum() < 2:
+        raise DataError("need two equally long arrays with at least 2 finite pairs",
+                        expected="y_true and y_pred of equal shape",
+                        found=f"{y_true.shape}, {y_pred.shape}, {int(keep.sum())} finite pairs")
+    t, p = y_true[keep], y_pred[keep]
+    fig = Figure(figsize=(9.0, 4.0), layout="constrained")
+    ax_sc, ax_ba = fig.subplots(1, 2)
+    lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+    ax_sc.scatter(t, p, s=8, alpha=0.6)
+    ax_sc.plot([lo, hi], [lo, hi], color="0.3", lw=1, ls="--", label="identity")
+    ax_sc.set(xlabel=f"measured {label}", ylabel=f"predicted {label}", title="prediction")
+    ax_sc.legend(frameon=False)
+    mean, diff = (t + p) / 2, p - t
+    bias, sd = float(diff.mean()), float(diff.std(ddof=1))
+    ax_ba.scatter(mean, diff, s=8, alpha=0.6)
+    for y, style in ((bias, "-"), (bias - 1.96 * sd, "--"), (bias + 1.96 * sd, "--")):
+        ax_ba.axhline(y, color="0.3", lw=1, ls=style)
+    ax_ba.set(xlabel=f"mean of measured and predicted {label}",
+              ylabel="predicted − measured", title=f"Bland–Altman: bias {bias:.1f}, "
+              f"LoA ±{1.96 * sd:.1f}")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_kaplan_meier(tables: Mapping[str, pd.DataFrame], *, title: str | None = None,
+                      p_value: float | None = None) -> Figure:
+    """Kaplan–Meier survival curves, one per group (e.g. predicted-risk quartile).
+
+    ``tables``: group name -> DataFrame with columns ``time`` and ``survival`` (step function).
+    """
+    fig = Figure(figsize=(5.6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for name, table in tables.items():
+        ax.step(table["time"], table["survival"], where="post", label=str(name))
+    text = f"log-rank p = {p_value:.2g}" if p_value is not None and np.isfinite(p_value) else None
+    ax.set(xlabel="years since imaging", ylabel="event-free probability",
+           title=title or "", ylim=(None, 1.005))
+    ax.legend(frameon=False, title=text, fontsize=8)
+    return fig

@@ -389,3 +389,32 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
     width, height = struct.unpack(">II", data[16:24])  # IHDR: size in pixels
     assert (width, height) == (200, 150)  # figsize (in) x dpi
     assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_predicted_vs_measured_and_bland_altman() -> None:
+    from ecgcmr.plots import plot_predicted_vs_measured
+
+    rng = np.random.default_rng(0)
+    t = rng.normal(150, 30, 200)
+    p = t + 5 + rng.normal(0, 10, 200)
+    fig = plot_predicted_vs_measured(t, p, label="LVEDV (mL)")
+    assert len(fig.axes) == 2
+    ba = fig.axes[1]
+    lines = sorted(line.get_ydata()[0] for line in ba.get_lines())
+    d = p - t
+    assert lines == pytest.approx(sorted([d.mean(), d.mean() - 1.96 * d.std(ddof=1),
+                                          d.mean() + 1.96 * d.std(ddof=1)]))
+    with pytest.raises(DataError):
+        plot_predicted_vs_measured(t, p[:10], label="x")
+
+
+def test_kaplan_meier_draws_one_curve_per_group() -> None:
+    import pandas as pd
+
+    from ecgcmr.plots import plot_kaplan_meier
+
+    tables = {f"Q{i}": pd.DataFrame({"time": [0, 1, 2], "survival": [1, 0.9 - i / 10, 0.8]})
+              for i in range(1, 5)}
+    fig = plot_kaplan_meier(tables, p_value=0.003)
+    assert len(fig.axes[0].get_lines()) == 4
+    assert "0.003" in fig.axes[0].get_legend().get_title().get_text()
