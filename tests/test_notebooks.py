@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from ecgcmr.runs import notebook_series, run_series
@@ -14,8 +15,8 @@ from ecgcmr.runs import notebook_series, run_series
 @pytest.mark.slow
 def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    params = {"profile": "tiny", "n_subjects": 12, "workers": 1,
-              "data_dir": str(tmp_path / "data")}
+    params = {"profile": "tiny", "n_subjects": 24, "workers": 1, "n_boot": 50,
+              "mlp_epochs": 20, "data_dir": str(tmp_path / "data")}
     result = run_series(run, params, progress=False)
     assert result and set(result.values()) == {"done"}, result
     for nb in notebook_series():
@@ -30,6 +31,10 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     assert provenance["00_cohort.ipynb"]["packages"]["torch"].startswith("2.13")
     assert "profile: tiny" in (run / "params.yaml").read_text()
     assert (run / "embeddings" / "ecg.parquet").is_file()
+    metrics = pd.read_csv(run / "tables" / "03_phenotype_metrics.csv")
+    assert {"method", "seed", "model", "target", "metric", "value", "ci_low", "ci_high",
+            "n"} <= set(metrics.columns)
+    assert {"dual", "classical"} == set(metrics["method"])
     assert (run / "figures" / "02_training_curves.png").is_file()
     # a finished run folder is never re-executed or overwritten
     assert set(run_series(run, params, progress=False).values()) == {"skipped"}
@@ -38,8 +43,6 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     other = tmp_path / "es_seed3"
     assert run_series(other, {**params, "method": "es", "seed": 3}, pretraining,
                       progress=False) == {"02_pretraining.ipynb": "done"}
-    import pandas as pd
-
     a = pd.read_parquet(run / "embeddings" / "ecg.parquet")
     b = pd.read_parquet(other / "embeddings" / "ecg.parquet")
     assert list(a["subject_id"]) == list(b["subject_id"])

@@ -1,4 +1,4 @@
-"""Downstream evaluation of frozen ECG embeddings: phenotype regression (probes, the paper's MLP head), metrics with bootstrap CIs, label efficiency."""
+"""Downstream evaluation of frozen ECG embeddings: phenotype regression, metrics, CIs."""
 
 from ecgcmr.evaluate.phenotypes import (
     DEFAULT_ALPHAS,

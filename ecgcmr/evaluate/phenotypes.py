@@ -356,7 +356,7 @@ def _fit_early_stopping(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
             weight += len(batch)
         model.eval()
         with torch.no_grad():
