@@ -805,3 +805,26 @@ def plot_kaplan_meier(tables: Mapping[str, pd.DataFrame], *, title: str | None =
            title=title or "", ylim=(None, 1.005))
     ax.legend(frameon=False, title=text, fontsize=8)
     return fig
+
+
+def plot_label_efficiency(tidy: pd.DataFrame, *, metric: str = "r2",
+                          title: str | None = None) -> Figure:
+    """Metric against the fraction of labelled training subjects, one panel per target and
+    one line per method (mean over seeds, error bars one SD). ``tidy`` has columns
+    ``method, fraction, target, metric, value``."""
+    data = tidy[tidy["metric"] == metric]
+    targets = list(dict.fromkeys(data["target"]))
+    fig = Figure(figsize=(4.0 * max(1, len(targets)), 3.4), layout="constrained")
+    axes = fig.subplots(1, max(1, len(targets)), squeeze=False)[0]
+    for ax, target in zip(axes, targets, strict=False):
+        part = data[data["target"] == target]
+        for method, group in part.groupby("method"):
+            stats = group.groupby("fraction")["value"].agg(["mean", "std"]).reset_index()
+            ax.errorbar(stats["fraction"], stats["mean"], yerr=stats["std"].fillna(0),
+                        marker="o", ms=3, capsize=2, label=str(method))
+        ax.set(xscale="log", xlabel="fraction of training labels", ylabel=metric,
+               title=target)
+        ax.legend(frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig

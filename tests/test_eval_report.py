@@ -1,0 +1,46 @@
+"""Cross-run tables: collecting tidy tables, mean ± sd over seeds, relative improvement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ecgcmr.errors import DataError
+from ecgcmr.evaluate.report import collect, mean_sd, run_folders
+from ecgcmr.evaluate.study import relative_to
+
+
+def _grid(tmp_path: Path) -> Path:
+    for method, base in (("dual", 0.5), ("ecg_only", 0.4)):
+        for seed in (0, 1):
+            tables = tmp_path / f"method-{method}_seed-{seed}" / "tables"
+            tables.mkdir(parents=True)
+            pd.DataFrame({"method": method, "seed": seed, "model": "probe",
+                          "target": ["lvedv_ml", "lvef_pct"], "metric": "r2",
+                          "value": [base + 0.02 * seed, base / 2]}).to_csv(
+                tables / "03_phenotype_metrics.csv", index=False)
+    return tmp_path
+
+
+def test_collect_concatenates_every_run(tmp_path: Path) -> None:
+    grid = _grid(tmp_path)
+    assert len(run_folders(grid)) == 4
+    tidy = collect(grid, "03_phenotype_metrics")
+    assert len(tidy) == 8 and tidy["run"].nunique() == 4
+    with pytest.raises(DataError, match="04_outcomes"):
+        collect(grid, "04_outcomes")
+
+
+def test_mean_sd_over_seeds(tmp_path: Path) -> None:
+    table = mean_sd(collect(_grid(tmp_path), "03_phenotype_metrics"), ["target"], ["method"])
+    assert table.loc["lvedv_ml", "dual"] == "0.510 ± 0.014 (2)"
+    assert table.loc["lvef_pct", "ecg_only"] == "0.200 ± 0.000 (2)"
+
+
+def test_relative_improvement_is_the_papers_percentage(tmp_path: Path) -> None:
+    out = relative_to(collect(_grid(tmp_path), "03_phenotype_metrics"), "dual").set_index("target")
+    assert out.loc["lvedv_ml", "relative_improvement_pct"] == pytest.approx(
+        100 * (0.51 - 0.41) / 0.41)
+    assert out.loc["lvef_pct", "versus"] == "ecg_only"
