@@ -35,6 +35,9 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     assert {"method", "seed", "model", "target", "metric", "value", "ci_low", "ci_high",
             "n"} <= set(metrics.columns)
     assert {"dual", "classical"} == set(metrics["method"])
+    overview = pd.read_csv(run / "tables" / "05_phenotypes_overview.csv")
+    assert "dual" in overview.columns and "classical" in overview.columns
+    assert (run / "figures" / "05_label_efficiency.pdf").is_file()
     assert (run / "figures" / "02_training_curves.png").is_file()
     # a finished run folder is never re-executed or overwritten
     assert set(run_series(run, params, progress=False).values()) == {"skipped"}

@@ -42,3 +42,8 @@ def mean_sd(tidy: pd.DataFrame, rows: list[str], columns: list[str],
     text = stats.apply(lambda r: f"{r['mean']:.{digits}f} ± {0 if pd.isna(r['std']) else r['std']:.{digits}f}"
                        f" ({int(r['count'])})", axis=1)
     return text.unstack(columns) if columns else text.to_frame("mean ± sd (n)")
+
+
+def has_table(results: str | Path, table: str) -> bool:
+    """Whether any run under ``results`` has written ``tables/<table>.csv``."""
+    return any((run / "tables" / f"{table}.csv").is_file() for run in run_folders(results))
