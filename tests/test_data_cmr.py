@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -398,16 +397,3 @@ def test_center_from_labels_empty_raises() -> None:
 
 
 # --- speed -----------------------------------------------------------------------------------
-
-
-def test_load_cmr_is_fast(tmp_path: Path) -> None:
-    data = (1000 * textured_volume((128, 128, 12))).astype(np.int16)
-    path = save(tmp_path / "speed.nii.gz", data, sax_affine())
-    load_cmr(path)  # warm-up (imports, caches)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        load_cmr(path)
-        times.append(time.perf_counter() - start)
-    # target < 50 ms on one core; generous bound so a loaded CI machine does not flake
-    assert np.median(times) < 0.2
