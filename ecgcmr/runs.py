@@ -317,7 +317,10 @@ def summarise_grid(grid_dir: str | Path) -> pd.DataFrame:
         summary = pd.DataFrame(columns=["table", "metric", "mean", "sd", "n_seeds"])
     else:
         tidy = pd.concat(frames, ignore_index=True)
-        by = [c for c in tidy.columns if c not in ("seed", "value", "ci_low", "ci_high", "n")]
+        # everything that is not a seed or a number identifies what was measured
+        by = [c for c in tidy.columns if c not in ("seed", "sampling_seed", "value", "ci_low",
+                                                    "ci_high", "n", "n_cases", "n_controls",
+                                                    "n_events", "note", "run")]
         summary = (tidy.groupby(by, dropna=False)["value"]
                    .agg(mean="mean", sd="std", n_seeds="count").reset_index())
     summary.to_csv(grid / "summary.csv", index=False)
