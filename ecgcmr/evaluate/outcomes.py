@@ -56,7 +56,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ecgcmr.constants import CONDITIONS
 from ecgcmr.errors import DataError
-from ecgcmr.evaluate.phenotypes import bootstrap_indices, feature_columns
+from ecgcmr.evaluate.phenotypes import bootstrap_indices, feature_columns, join_table
 from ecgcmr.models import MlpHead
 
 # ============================================================================================
@@ -138,26 +138,8 @@ def _sorted_by_id(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _joined(features: pd.DataFrame, table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """``features`` with ``columns`` of ``table`` attached by ``subject_id`` (NaN where the
-    table has no row), sorted by subject. Raises DataError for malformed frames."""
-    feature_columns(features)
-    if "subject_id" not in table.columns:
-        raise DataError("outcome table lacks a subject_id column", expected="subject_id")
-    absent = [c for c in columns if c not in table.columns]
-    if absent:
-        raise DataError(f"outcome table lacks column {absent[0]!r}",
-                        expected=", ".join(columns), found=", ".join(map(str, table.columns)))
-    dup = table["subject_id"][table["subject_id"].duplicated()]
-    if len(dup):
-        raise DataError("outcome table has duplicate subjects", subject=str(dup.iloc[0]),
-                        expected="one row per subject")
-    clash = [c for c in columns if c in features.columns]
-    if clash:
-        raise DataError(f"column {clash[0]!r} is both a feature and an outcome/covariate",
-                        expected="outcomes and covariates only in the table")
-    joined = features.merge(table[["subject_id", *columns]], on="subject_id", how="left",
-                            validate="one_to_one")
-    return _sorted_by_id(joined)
+    """``features`` with ``columns`` of ``table`` attached by ``subject_id``, sorted by subject."""
+    return _sorted_by_id(join_table(features, table, columns))
 
 
 def _check_condition(condition: str) -> None:

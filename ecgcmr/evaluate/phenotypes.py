@@ -96,8 +96,8 @@ def feature_columns(features: pd.DataFrame) -> list[str]:
     return cols
 
 
-def _joined(features: pd.DataFrame, table: pd.DataFrame,
-            columns: Sequence[str]) -> pd.DataFrame:
+def join_table(features: pd.DataFrame, table: pd.DataFrame,
+               columns: Sequence[str]) -> pd.DataFrame:
     """``features`` with ``columns`` of ``table`` attached by ``subject_id`` (NaN where the
     table has no row for a subject). Row order of ``features`` is kept."""
     feature_columns(features)
@@ -114,8 +114,8 @@ def _joined(features: pd.DataFrame, table: pd.DataFrame,
     right = table[["subject_id", *columns]]
     clash = [c for c in columns if c in features.columns]
     if clash:
-        raise DataError(f"column {clash[0]!r} is both a feature and a target/covariate",
-                        expected="targets and covariates only in the table")
+        raise DataError(f"column {clash[0]!r} is both a feature and a table column",
+                        expected="targets, outcomes and covariates only in the table")
     return features.merge(right, on="subject_id", how="left", validate="one_to_one")
 
 
@@ -167,7 +167,7 @@ def linear_probe(features: pd.DataFrame, table: pd.DataFrame, target: str, *,
             test subject.
     """
     cols = feature_columns(features)
-    frame = _joined(features, table, [target])
+    frame = join_table(features, table, [target])
     train = _labelled(frame, target, "train", minimum=2)
     test = _labelled(frame, target, "test", minimum=1)
     folds = KFold(n_splits=min(CV_FOLDS, len(train)), shuffle=True, random_state=seed)
@@ -286,7 +286,7 @@ def mlp_head(features: pd.DataFrame, table: pd.DataFrame, targets: Sequence[str]
     if not targets:
         raise ValueError("mlp_head needs at least one target")
     cols = feature_columns(features)
-    frame = _joined(features, table, [*targets, *covariates])
+    frame = join_table(features, table, [*targets, *covariates])
     for t in targets:
         _labelled(frame, t, "train", minimum=2)
     split = frame["split"].to_numpy()
