@@ -22,7 +22,7 @@ reproduce: install
 	$(VENV)/bin/ecgcmr reproduce --profile $(PROFILE) --run-dir runs/$(RUN) --workers $(JOBS)
 
 test: install
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check ecgcmr tests
