@@ -24,7 +24,11 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_cohort(out, spec, workers=1, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _quiet_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    # two cores: keep BLAS from oversubscribing when pytest-xdist runs two workers
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_per_worker() -> None:
+    # pytest-xdist runs one worker per core: torch's own thread pool on top of that
+    # oversubscribes the cores and made the training tests several times slower
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

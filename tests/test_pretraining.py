@@ -17,9 +17,7 @@ from ecgcmr.synth.cohort import generate_cohort
 PROFILE = get_profile("tiny")
 
 
-@pytest.fixture(scope="module")
-def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    root = tmp_path_factory.mktemp("pretrain")
+def _train_all_stages(root: Path) -> dict[str, object]:
     manifest = generate_cohort(root / "cohort", PROFILE.cohort_spec(seed=5, n_subjects=160),
                                workers=1, progress=False)
     cache = build_cache(read_manifest(manifest), root / "cache", PROFILE.cache_spec(),
@@ -37,14 +35,25 @@ def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["ed", "es", "ecg", "align"])
-def test_each_stage_lowers_its_validation_loss(stages, stage: str) -> None:
+def test_the_three_stages_end_to_end(tmp_path: Path) -> None:
+    """One test on purpose: the stages are trained once (a fixture shared by several tests
+    is rebuilt on each pytest-xdist worker that runs one of them)."""
+    stages = _train_all_stages(tmp_path)
+    for stage in ("ed", "es", "ecg", "align"):
+        _check_lowers_its_validation_loss(stages, stage)
+    _check_alignment_retrieves_well_above_chance(stages)
+    _check_finished_stages_are_reused_not_retrained(stages)
+    _check_each_phase_loads_its_own_cmr_checkpoint(stages)
+    for method in ("dual", "ecg_only", "random"):
+        _check_embeddings_cover_every_subject(stages, method)
+
+
+def _check_lowers_its_validation_loss(stages, stage: str) -> None:
     losses = [h["val_loss"] for h in stages[stage].history]
     assert min(losses[1:]) < losses[0], losses
 
 
-@pytest.mark.slow
-def test_alignment_retrieves_well_above_chance(stages) -> None:
+def _check_alignment_retrieves_well_above_chance(stages) -> None:
     # 24 validation subjects: chance top-5 is 5/24 = 0.21; single top-k values on so few
     # subjects are noisy, so the check is on the mean over both phases at the best epoch
     n_val = len(stages["cache"].rows("val"))
@@ -53,8 +62,7 @@ def test_alignment_retrieves_well_above_chance(stages) -> None:
     assert top5 > 1.75 * 5 / n_val, best
 
 
-@pytest.mark.slow
-def test_finished_stages_are_reused_not_retrained(stages) -> None:
+def _check_finished_stages_are_reused_not_retrained(stages) -> None:
     cfg = PROFILE.stage_config("cmr", phase="ed", epochs=4, batch_size=16)
     steps_before = (stages["ed"].out_dir / "steps.csv").stat().st_mtime_ns
     again = train_stage(stages["cache"], cfg, stages["ed"].out_dir, progress=False)
@@ -62,17 +70,14 @@ def test_finished_stages_are_reused_not_retrained(stages) -> None:
     assert (stages["ed"].out_dir / "steps.csv").stat().st_mtime_ns == steps_before
 
 
-@pytest.mark.slow
-def test_each_phase_loads_its_own_cmr_checkpoint(stages) -> None:
+def _check_each_phase_loads_its_own_cmr_checkpoint(stages) -> None:
     ed = load_cmr_encoder(stages["ed"].out_dir / "best.pt")
     es = load_cmr_encoder(stages["es"].out_dir / "best.pt")
     assert any(not torch.equal(a, b) for a, b in zip(ed.state_dict().values(),
                                                      es.state_dict().values(), strict=True))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["dual", "ecg_only", "random"])
-def test_embeddings_cover_every_subject(stages, method: str) -> None:
+def _check_embeddings_cover_every_subject(stages, method: str) -> None:
     encoder = ecg_encoder_for(method, seed=0, size=PROFILE.model_size,
                               stage_b=stages["ecg"].out_dir / "best.pt",
                               stage_c=stages["align"].out_dir / "best.pt")
