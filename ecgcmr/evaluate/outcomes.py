@@ -56,7 +56,16 @@ from sklearn.preprocessing import StandardScaler
 
 from ecgcmr.constants import CONDITIONS
 from ecgcmr.errors import DataError
-from ecgcmr.evaluate.phenotypes import bootstrap_indices, feature_columns, join_table
+
+# one CI convention for the whole evaluation: two-sided 95 % (percentile bootstrap; Wald for
+# the hazard ratio)
+from ecgcmr.evaluate.phenotypes import (
+    CI_LEVEL,
+    bootstrap_indices,
+    feature_columns,
+    join_table,
+    percentile_ci,
+)
 from ecgcmr.models import MlpHead
 
 # ============================================================================================
@@ -90,8 +99,6 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "subject_id", "time_years", "event", "risk", "risk_sd", "quartile",
 )
 
-#: Two-sided 95 % intervals (percentile bootstrap; Wald for the hazard ratio).
-CI_LEVEL: float = 0.95
 #: Cases (and, for the natural-prevalence task, controls) needed in each split a model uses:
 #: below this a stratified CV fold or an early-stopping set has one or no case.
 MIN_CASES: int = 3
@@ -195,15 +202,6 @@ def average_precision(y_true: np.ndarray | Sequence[float],
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def _percentile_ci(stats: np.ndarray) -> tuple[float, float]:
-    """95 % percentile interval, ignoring undefined (NaN) resamples."""
-    stats = np.asarray(stats, dtype=float)
-    if not np.isfinite(stats).any():
-        return math.nan, math.nan
-    tail = 100.0 * (1.0 - CI_LEVEL) / 2.0
-    low, high = np.nanpercentile(stats, [tail, 100.0 - tail])
-    return float(low), float(high)
-
 
 def classification_metrics(y_true: np.ndarray | Sequence[float],
                            y_score: np.ndarray | Sequence[float], *, n_boot: int = 1000,
@@ -236,7 +234,7 @@ def classification_metrics(y_true: np.ndarray | Sequence[float],
     rows = []
     for name, fn in functions.items():
         stats = np.array([fn(y[i], s[i]) for i in idx])
-        low, high = _percentile_ci(stats)
+        low, high = percentile_ci(stats)
         rows.append((name, fn(y, s), low, high, y.size, int(y.sum())))
     frame = pd.DataFrame(rows, columns=["metric", "value", "ci_low", "ci_high", "n", "n_cases"])
     return frame, idx
@@ -689,7 +687,7 @@ def _test_metrics(preds: pd.DataFrame, idx: np.ndarray, horizon: float, sd: floa
     r = preds["risk"].to_numpy()
     n, n_ev = len(preds), int(e.sum())
     c_boot = np.array([c_index(t[i], e[i], r[i]) for i in idx])
-    rows = [("c_index", c_index(t, e, r), *_percentile_ci(c_boot), n, n_ev, "")]
+    rows = [("c_index", c_index(t, e, r), *percentile_ci(c_boot), n, n_ev, "")]
 
     status = horizon_labels(t, e, horizon)
     known = np.isfinite(status)
@@ -701,7 +699,7 @@ def _test_metrics(preds: pd.DataFrame, idx: np.ndarray, horizon: float, sd: floa
     a_boot = np.array([horizon_auc(i) for i in idx])
     n_cases = int(np.nansum(status))
     note = "" if 0 < n_cases < int(known.sum()) else "no case or no control at the horizon"
-    rows.append((f"auroc_{horizon:g}y", horizon_auc(np.arange(n)), *_percentile_ci(a_boot),
+    rows.append((f"auroc_{horizon:g}y", horizon_auc(np.arange(n)), *percentile_ci(a_boot),
                  int(known.sum()), n_cases, note))
 
     rows.append(_hr_per_sd(preds, sd))

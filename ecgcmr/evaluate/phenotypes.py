@@ -439,7 +439,7 @@ def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n), dtype=np.int64)
 
 
-def _percentile_ci(stats: np.ndarray) -> tuple[float, float]:
+def percentile_ci(stats: np.ndarray) -> tuple[float, float]:
     """95 % percentile interval of bootstrap statistics, ignoring undefined (NaN) resamples."""
     stats = np.asarray(stats, dtype=float)
     if not np.isfinite(stats).any():
@@ -466,7 +466,7 @@ def bootstrap_ci(y_true: np.ndarray | Sequence[float], y_pred: np.ndarray | Sequ
     a, b = _finite_pair(y_true, y_pred)
     idx = bootstrap_indices(a.size, n_boot, seed)
     stats = np.array([metric_fn(a[i], b[i]) for i in idx], dtype=float)
-    low, high = _percentile_ci(stats)
+    low, high = percentile_ci(stats)
     return low, high, idx
 
 
@@ -499,7 +499,7 @@ def evaluate_predictions(pred_long_df: pd.DataFrame, *, n_boot: int = 1000,
         idx = bootstrap_indices(a.size, n_boot, seed) if a.size else None
         for metric, fn in METRIC_FUNCTIONS.items():
             value = float(fn(a, b)) if a.size else math.nan
-            low, high = _percentile_ci(fn(a[idx], b[idx])) if idx is not None else (math.nan,
+            low, high = percentile_ci(fn(a[idx], b[idx])) if idx is not None else (math.nan,
                                                                                      math.nan)
             rows.append((target, metric, value, low, high, int(a.size)))
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
