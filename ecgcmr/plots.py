@@ -40,6 +40,7 @@ from ecgcmr.constants import (
 from ecgcmr.errors import DataError
 
 __all__ = [
+    "plot_ecg_cmr_pairs",
     "ECG_LAYOUT",
     "plot_cmr_montage",
     "plot_ecg_12lead",
@@ -443,6 +444,57 @@ def plot_ed_es(
             if j == 0:
                 ax.set_ylabel(name, fontsize=11, fontweight="bold")
     _label_legend(fig, lab_ed, lab_es)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_ecg_cmr_pairs(examples: Sequence[Mapping[str, object]], *,
+                       leads: Sequence[str] = ("I", "II", "V5"), fs: float = ECG_FS_HZ,
+                       title: str | None = None) -> Figure:
+    """One row per subject: a few ECG leads beside a mid-ventricular ED and ES slice.
+
+    Each example maps ``subject_id``; ``ecg`` ``(12, T)`` mV in ``LEADS`` order; ``ed`` and
+    ``es`` ``(D, H, W)`` volumes in the canonical layout (slices first); optional
+    ``ed_labels`` / ``es_labels`` of the same shapes (contours); optional ``caption``
+    (e.g. the phenotypes). The slice shown is the middle of the ED labelled range (else of
+    the stack), the same index for both phases, so the contraction is visible.
+    """
+    if not examples:
+        raise DataError("no examples to plot", expected="at least one subject")
+    unknown = [lead for lead in leads if lead not in LEADS]
+    if unknown:
+        raise DataError(f"unknown lead {unknown[0]!r}", expected=", ".join(LEADS))
+    rows = len(examples)
+    fig = Figure(figsize=(11, 2.3 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, 3, squeeze=False, width_ratios=[3.4, 1, 1])
+    for r, ex in enumerate(examples):
+        ecg = _check_ecg(np.asarray(ex["ecg"]), fs)
+        t = np.arange(ecg.shape[1]) / fs
+        ax = axes[r, 0]
+        shown = ecg[[LEADS.index(lead) for lead in leads]]
+        step = max(1.5, 1.1 * float(np.ptp(shown, axis=1).max()))   # traces never overlap
+        for j, lead in enumerate(leads):
+            offset = -step * j
+            ax.plot(t, ecg[LEADS.index(lead)] + offset, color="black", linewidth=0.6)
+            ax.text(-0.1, offset, lead, ha="right", va="center", fontsize=9)
+        ax.set_xlim(-0.5, t[-1])
+        ax.set_yticks([])
+        ax.set_xlabel("time (s)" if r == rows - 1 else "")
+        ax.set_title(f"{ex['subject_id']}  {ex.get('caption', '')}", loc="left", fontsize=9)
+        ed = _check_volume(np.asarray(ex["ed"]), "ed", 0)
+        es = _check_volume(np.asarray(ex["es"]), "es", 0)
+        lab_ed = _check_labels(ex.get("ed_labels"), ed.shape, "ed_labels", 0)
+        lab_es = _check_labels(ex.get("es_labels"), es.shape, "es_labels", 0)
+        middle = _default_slices(ed.shape[-1], lab_ed, 3)
+        k = middle[len(middle) // 2]
+        window = _grey_window(ed, es)
+        for c, (name, img, lab) in enumerate((("ED", ed, lab_ed), ("ES", es, lab_es)), start=1):
+            _draw_slice(axes[r, c], img[:, :, min(k, img.shape[-1] - 1)],
+                        None if lab is None else lab[:, :, min(k, lab.shape[-1] - 1)],
+                        window, 1.0)
+            if r == 0:
+                axes[r, c].set_title(f"{name}, slice {k}", fontsize=9)
     if title:
         fig.suptitle(title)
     return fig

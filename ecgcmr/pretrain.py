@@ -146,6 +146,31 @@ def ecg_encoder_for(method: str, *, seed: int, size: str, ecg_kind: str = "vit",
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
+ENCODER_SPEC = "encoder.json"   # in a run's embeddings/: how to rebuild the encoder it embedded with
+
+
+def write_encoder_spec(folder: str | Path, method: str, *, seed: int, size: str,
+                       ecg_kind: str = "vit", stage_b: str | Path | None = None,
+                       stage_c: str | Path | None = None) -> Path:
+    """Record which encoder a run evaluates (the arguments of :func:`ecg_encoder_for`), so
+    later notebooks can rebuild it (e.g. to fine-tune it) without repeating notebook 02."""
+    spec = {"method": method, "seed": seed, "size": size, "ecg_kind": ecg_kind,
+            "stage_b": None if stage_b is None else str(stage_b),
+            "stage_c": None if stage_c is None else str(stage_c)}
+    path = Path(folder) / ENCODER_SPEC
+    path.write_text(json.dumps(spec, indent=2))
+    return path
+
+
+def encoder_from_spec(folder: str | Path) -> nn.Module:
+    """The ECG encoder recorded by :func:`write_encoder_spec` in ``folder``."""
+    path = Path(folder) / ENCODER_SPEC
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebook 02 of this run first")
+    spec = json.loads(path.read_text())
+    return ecg_encoder_for(spec.pop("method"), **spec)
+
+
 @torch.no_grad()
 def embed_ecg(encoder: nn.Module, cache: Cache, *, device: str = "auto",
               batch_size: int = 64) -> pd.DataFrame:

@@ -414,3 +414,71 @@ def test_classical_features_frame() -> None:
     assert out["hr_bpm"].to_numpy() == pytest.approx(75.0, rel=0.01)
     with pytest.raises(DataError):
         classical_features(ecgs[:2], subjects)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+class _LinearEncoder(torch.nn.Module):
+    """A tiny stand-in ECG encoder: (B, 12, T) -> (B, out_dim)."""
+
+    def __init__(self, t: int, out_dim: int = 4) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.proj = torch.nn.Linear(12 * t, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.flatten(1))
+
+
+def _ecg_cohort(n: int = 600, t: int = 8, seed: int = 0
+                ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """ECG-like arrays whose target is the mean of lead I over its first half (+ noise)."""
+    rng = np.random.default_rng(seed)
+    ecg = rng.normal(size=(n, 12, t)).astype(np.float32)
+    y = 5.0 * ecg[:, 0, : t // 2].mean(axis=1) + rng.normal(0, 0.1, n)
+    split = rng.choice(["train", "val", "test"], size=n, p=SPLIT_P)
+    ids = [f"s{i:04d}" for i in range(n)]
+    # rows in the array deliberately not in subject order: the frame's ``row`` must be used
+    perm = rng.permutation(n)
+    subjects = pd.DataFrame({"subject_id": ids, "split": split, "row": perm})
+    table = pd.DataFrame({"subject_id": ids, "amp": y, "age_years": rng.normal(60, 8, n)})
+    return ecg[np.argsort(perm)], subjects, table
+
+
+def test_finetune_head_learns_what_a_frozen_random_encoder_cannot() -> None:
+    from ecgcmr.evaluate import finetune_head
+
+    ecg, subjects, table = _ecg_cohort()
+    torch.manual_seed(0)
+    encoder = _LinearEncoder(ecg.shape[-1])
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    kw = {"epochs": 60, "patience": 10, "lr": 1e-2, "batch_size": 32, "seed": 0}
+    tuned = finetune_head(encoder, ecg, subjects, table, ["amp"], encoder_lr=1e-2, **kw)
+    frozen = finetune_head(encoder, ecg, subjects, table, ["amp"], encoder_lr=0.0, **kw)
+    r2 = {name: float(r2_score(res.predictions["y_true"].to_numpy(),
+                               res.predictions["y_pred"].to_numpy()))
+          for name, res in (("tuned", tuned), ("frozen", frozen))}
+    # a random 4-d projection of 240 inputs keeps little of the one direction that matters
+    assert r2["tuned"] > 0.8 > r2["frozen"] + 0.3, r2
+    # the caller's encoder is untouched; only test subjects are predicted
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())
+    test_ids = set(subjects.loc[subjects["split"] == "test", "subject_id"])
+    assert set(tuned.predictions["subject_id"]) == test_ids
+
+
+def test_finetune_head_never_fits_on_test_labels_and_is_deterministic() -> None:
+    from ecgcmr.evaluate import finetune_head
+
+    ecg, subjects, table = _ecg_cohort(n=200)
+    torch.manual_seed(1)
+    encoder = _LinearEncoder(ecg.shape[-1])
+    kw = {"epochs": 5, "patience": 5, "lr": 1e-2, "batch_size": 16, "seed": 3,
+          "covariates": ("age_years",)}
+    a = finetune_head(encoder, ecg, subjects, table, ["amp"], **kw)
+    b = finetune_head(encoder, ecg, subjects, table, ["amp"], **kw)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
+    # scrambling the test split's targets changes y_true only, never what was predicted
+    is_test = table["subject_id"].isin(subjects.loc[subjects["split"] == "test", "subject_id"])
+    scrambled = table.assign(amp=np.where(is_test, 1e6, table["amp"]))
+    c = finetune_head(encoder, ecg, subjects, scrambled, ["amp"], **kw)
+    np.testing.assert_array_equal(a.predictions["y_pred"], c.predictions["y_pred"])
+    assert (c.predictions["y_true"] == 1e6).all()

@@ -44,3 +44,29 @@ def test_relative_improvement_is_the_papers_percentage(tmp_path: Path) -> None:
     assert out.loc["lvedv_ml", "relative_improvement_pct"] == pytest.approx(
         100 * (0.51 - 0.41) / 0.41)
     assert out.loc["lvef_pct", "versus"] == "ecg_only"
+
+
+def test_example_subjects_span_the_lvef_range_of_the_test_split(tiny_cohort: Path) -> None:
+    import numpy as np
+
+    from ecgcmr.data.manifest import read_manifest
+    from ecgcmr.evaluate.report import example_subjects
+    from ecgcmr.plots import plot_ecg_cmr_pairs
+
+    manifest = read_manifest(tiny_cohort)
+    test = manifest[manifest["split"] == "test"]
+    examples = example_subjects(tiny_cohort, n=3)
+    ids = [e["subject_id"] for e in examples]
+    assert ids[0] == test.loc[test["lvef_pct"].idxmin(), "subject_id"]
+    assert ids[-1] == test.loc[test["lvef_pct"].idxmax(), "subject_id"]
+    first = examples[0]
+    assert first["ecg"].shape == (12, 5000)
+    assert first["ed"].shape == first["es"].shape == first["ed_labels"].shape
+    # ES has less LV blood pool than ED (the pair is what the figure is meant to show)
+    assert (first["es_labels"] == 1).sum() < (first["ed_labels"] == 1).sum()
+    assert "LVEF" in first["caption"]
+    fig = plot_ecg_cmr_pairs(examples)
+    assert len(fig.axes) == 3 * len(examples)
+    with pytest.raises(DataError, match="unknown lead"):
+        plot_ecg_cmr_pairs(examples, leads=("X",))
+    assert np.isfinite(first["ecg"]).all()

@@ -16,7 +16,8 @@ from ecgcmr.runs import notebook_series, run_series
 def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     run = tmp_path / "run"
     params = {"profile": "tiny", "n_subjects": 24, "workers": 1, "n_boot": 50,
-              "mlp_epochs": 20, "data_dir": str(tmp_path / "data")}
+              "mlp_epochs": 20, "finetune_encoder": True, "finetune_epochs": 2,
+              "data_dir": str(tmp_path / "data")}
     result = run_series(run, params, progress=False)
     assert result and set(result.values()) == {"done"}, result
     for nb in notebook_series():
@@ -35,6 +36,9 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     assert {"method", "seed", "model", "target", "metric", "value", "ci_low", "ci_high",
             "n"} <= set(metrics.columns)
     assert {"dual", "classical"} == set(metrics["method"])
+    assert {"probe", "mlp", "mlp+covariates", "mlp-finetuned"} <= set(metrics["model"])
+    assert (run / "figures" / "05_example_pairs.png").stat().st_size > 10_000
+    assert (run / "tables" / "05_classification_overview.csv").is_file()
     overview = pd.read_csv(run / "tables" / "05_phenotypes_overview.csv")
     assert "dual" in overview.columns and "classical" in overview.columns
     assert (run / "figures" / "05_label_efficiency.pdf").is_file()

@@ -16,6 +16,7 @@ from ecgcmr.evaluate.phenotypes import (
     classical_features,
     evaluate_predictions,
     feature_columns,
+    finetune_head,
     label_efficiency,
     linear_probe,
     linear_probes,
@@ -32,7 +33,7 @@ __all__ = [
     "DEFAULT_ALPHAS", "DEFAULT_FRACTIONS", "LABEL_EFFICIENCY_COLUMNS", "METRICS",
     "METRIC_COLUMNS", "METRIC_FUNCTIONS", "MIN_TRAIN_LABELS", "PREDICTION_COLUMNS",
     "MlpResult", "ProbeResult", "bootstrap_ci", "bootstrap_indices", "classical_features",
-    "evaluate_predictions", "feature_columns", "label_efficiency", "linear_probe",
+    "evaluate_predictions", "feature_columns", "finetune_head", "label_efficiency", "linear_probe",
     "linear_probes", "mean_absolute_error", "mlp_head", "nested_subsets", "pearson_r",
     "r2_score", "regression_metrics", "relative_improvement",
 ]

@@ -294,13 +294,7 @@ def mlp_head(features: pd.DataFrame, table: pd.DataFrame, targets: Sequence[str]
     x = _train_standardised(frame[cols + covariates].to_numpy(dtype=float), is_train,
                             impute=True)
     y = _train_standardised(frame[targets].to_numpy(dtype=float), is_train, impute=False)
-    # rows with no observed target carry no loss: leave them out of training and validation
-    has_label = np.isfinite(y).any(axis=1)
-    rows = {s: np.flatnonzero((split == s) & has_label) for s in SPLITS}
-    for s in ("val", "test"):
-        if rows[s].size == 0:
-            raise DataError(f"no {s} subject has any of the targets {targets}",
-                            expected=f"labelled {s} subjects")
+    rows = _labelled_rows(frame, targets, y)
 
     dev = torch.device(device)
     xt = torch.as_tensor(x, dtype=torch.float32, device=dev)         # (N, D) standardised
@@ -308,16 +302,39 @@ def mlp_head(features: pd.DataFrame, table: pd.DataFrame, targets: Sequence[str]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MlpHead(xt.shape[1], len(targets)).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     history, best_state, best_epoch = _fit_early_stopping(
-        model, xt, yt, rows, epochs=epochs, patience=patience, lr=lr,
-        weight_decay=weight_decay, batch_size=batch_size, gen=gen)
+        model, xt, yt, rows, opt=opt, epochs=epochs, patience=patience,
+        batch_size=batch_size, gen=gen)
     model.load_state_dict(best_state)
-
     model.eval()
-    test_rows = rows["test"]
     with torch.no_grad():
-        z = model(xt[test_rows]).double().cpu().numpy()              # (n_test, K) standardised
+        z = model(xt[rows["test"]]).double().cpu().numpy()          # (n_test, K) standardised
+    return MlpResult(_test_predictions(frame, targets, rows["test"], z, is_train), history,
+                     best_epoch)
+
+
+def _labelled_rows(frame: pd.DataFrame, targets: list[str], y: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+    """Row numbers of each split that have at least one observed target (standardised ``y``).
+
+    Rows with no observed target carry no loss, so they are left out of training and
+    validation; a split without any labelled row is an error.
+    """
+    split = frame["split"].to_numpy()
+    has_label = np.isfinite(y).any(axis=1)
+    rows = {s: np.flatnonzero((split == s) & has_label) for s in SPLITS}
+    for s in ("val", "test"):
+        if rows[s].size == 0:
+            raise DataError(f"no {s} subject has any of the targets {targets}",
+                            expected=f"labelled {s} subjects")
+    return rows
+
+
+def _test_predictions(frame: pd.DataFrame, targets: list[str], test_rows: np.ndarray,
+                      z: np.ndarray, is_train: np.ndarray) -> pd.DataFrame:
+    """Long test predictions in target units from standardised outputs ``z`` (n_test, K)."""
     raw = frame[targets].to_numpy(dtype=float)
     tr_raw = raw[is_train]
     mean, std = np.nanmean(tr_raw, axis=0), np.nanstd(tr_raw, axis=0)
@@ -329,19 +346,20 @@ def mlp_head(features: pd.DataFrame, table: pd.DataFrame, targets: Sequence[str]
         "y_true": raw[test_rows].ravel(),
         "y_pred": y_pred.ravel(),
     })
-    preds = preds[preds["y_true"].notna()].reset_index(drop=True)
-    return MlpResult(preds, history, best_epoch)
+    return preds[preds["y_true"].notna()].reset_index(drop=True)
 
 
 def _fit_early_stopping(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        rows: Mapping[str, np.ndarray], *, epochs: int, patience: int,
-                        lr: float, weight_decay: float, batch_size: int,
-                        gen: torch.Generator) -> tuple[pd.DataFrame, dict, int]:
-    """Mini-batch AdamW on ``rows["train"]``, early stopping on ``rows["val"]``.
+                        rows: Mapping[str, np.ndarray], *, opt: torch.optim.Optimizer,
+                        epochs: int, patience: int, batch_size: int, gen: torch.Generator,
+                        eval_batch: int | None = None) -> tuple[pd.DataFrame, dict, int]:
+    """Mini-batch training on ``rows["train"]``, early stopping on ``rows["val"]``.
 
+    ``model(x[i])`` predicts rows ``i`` (``x`` holds features, or row numbers when the model
+    reads its inputs itself, as the fine-tuned encoder does). The validation split is
+    predicted in chunks of ``eval_batch`` rows (all at once when None) and scored once.
     Returns (history, state dict of the best validation epoch, that epoch).
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     train_idx = torch.as_tensor(rows["train"])
     val_idx = torch.as_tensor(rows["val"])
     best_loss, best_epoch, best_state = math.inf, -1, None
@@ -360,7 +378,7 @@ def _fit_early_stopping(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
             weight += len(batch)
         model.eval()
         with torch.no_grad():
-            val_loss = float(masked_mse(model(x[val_idx]), y[val_idx]))
+            val_loss = float(masked_mse(_predict(model, x, val_idx, eval_batch), y[val_idx]))
         log.append((epoch, total / weight, val_loss))
         if val_loss < best_loss:
             best_loss, best_epoch = val_loss, epoch
@@ -369,9 +387,103 @@ def _fit_early_stopping(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
             break
     history = pd.DataFrame(log, columns=["epoch", "train_loss", "val_loss"])
     if best_state is None:
-        raise RuntimeError("mlp_head: the validation loss was never finite (diverged?); "
-                           "try a smaller lr")
+        raise RuntimeError("the validation loss was never finite (diverged?); try a smaller lr")
     return history, best_state, best_epoch
+
+
+def _predict(model: torch.nn.Module, x: torch.Tensor, idx: torch.Tensor,
+             chunk: int | None) -> torch.Tensor:
+    if chunk is None:
+        return model(x[idx])
+    return torch.cat([model(x[idx[i:i + chunk]]) for i in range(0, len(idx), chunk)])
+
+
+# ============================================================================================
+# 2b. The paper's head with the encoder fine-tuned
+# ============================================================================================
+class _EncoderWithHead(torch.nn.Module):
+    """``forward(rows) -> (B, K)``: reads the ECGs of frame rows ``rows`` from ``ecg`` (e.g. the
+    cache's memory map), encodes them, appends the standardised covariates, applies the head."""
+
+    def __init__(self, encoder: torch.nn.Module, head: torch.nn.Module, ecg: np.ndarray,
+                 array_rows: np.ndarray, covariates: torch.Tensor) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.ecg, self.array_rows, self.covariates = ecg, array_rows, covariates
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        r = rows.cpu().numpy()
+        order = np.argsort(self.array_rows[r])      # sorted reads are faster on a memory map
+        signals = np.empty((len(r), *self.ecg.shape[1:]), dtype=np.float32)
+        signals[order] = self.ecg[self.array_rows[r][order]]
+        dev = self.covariates.device
+        z = self.encoder(torch.from_numpy(signals).to(dev))
+        return self.head(torch.cat([z.float(), self.covariates[rows]], dim=1))
+
+
+def finetune_head(encoder: torch.nn.Module, ecg: np.ndarray, subjects: pd.DataFrame,
+                  table: pd.DataFrame, targets: Sequence[str], *,
+                  covariates: Sequence[str] = (), epochs: int = 20, patience: int = 5,
+                  lr: float = 1e-3, encoder_lr: float = 1e-4, weight_decay: float = 1e-4,
+                  batch_size: int = 32, seed: int = 0, device: str = "cpu") -> MlpResult:
+    """The paper's head trained **with the ECG encoder** (the fine-tuning flag of DESIGN §5).
+
+    Same contract as :func:`mlp_head` (training split only for fitting, validation for early
+    stopping, test for the predictions; targets and covariates standardised with training
+    statistics), but the input is the ECG itself: ``subjects`` has ``subject_id``, ``split``
+    and ``row`` (index into ``ecg``, an ``(N, 12, T)`` array or memory map such as
+    ``cache.ecg``); ``cache.rows()`` is such a frame. The encoder (a copy; the caller's is
+    left untouched) trains at ``encoder_lr``, the new head at ``lr`` (AdamW): a smaller step
+    for the pretrained weights keeps fine-tuning from erasing what pretraining learned.
+
+    Returns:
+        :class:`MlpResult` with test predictions in target units.
+    """
+    import copy
+
+    if epochs < 1 or patience < 1 or batch_size < 1:
+        raise ValueError("epochs, patience and batch_size must be >= 1, got "
+                         f"{epochs}, {patience}, {batch_size}")
+    targets, covariates = list(targets), list(covariates)
+    if not targets:
+        raise ValueError("finetune_head needs at least one target")
+    missing = [c for c in ("subject_id", "split", "row") if c not in subjects.columns]
+    if missing:
+        raise DataError("subjects frame lacks required columns",
+                        expected="subject_id, split, row", found=", ".join(subjects.columns))
+    ids = subjects[["subject_id", "split", "row"]].rename(columns={"row": "_row"})
+    frame = join_table(ids, table, [*targets, *covariates])
+    for t in targets:
+        _labelled(frame, t, "train", minimum=2)
+    is_train = frame["split"].to_numpy() == "train"
+    cov = _train_standardised(frame[covariates].to_numpy(dtype=float), is_train, impute=True) \
+        if covariates else np.zeros((len(frame), 0))
+    y = _train_standardised(frame[targets].to_numpy(dtype=float), is_train, impute=False)
+    rows = _labelled_rows(frame, targets, y)
+
+    dev = torch.device(device)
+    yt = torch.as_tensor(y, dtype=torch.float32, device=dev)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = MlpHead(encoder.out_dim + len(covariates), len(targets))
+    model = _EncoderWithHead(copy.deepcopy(encoder), head, ecg, frame["_row"].to_numpy(),
+                             torch.as_tensor(cov, dtype=torch.float32, device=dev)).to(dev)
+    opt = torch.optim.AdamW([{"params": model.encoder.parameters(), "lr": encoder_lr},
+                             {"params": model.head.parameters(), "lr": lr}],
+                            weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    row_numbers = torch.arange(len(frame))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)                  # dropout / stochastic depth of the encoder
+        history, best_state, best_epoch = _fit_early_stopping(
+            model, row_numbers, yt, rows, opt=opt, epochs=epochs, patience=patience,
+            batch_size=batch_size, gen=gen, eval_batch=batch_size)
+    model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        z = _predict(model, row_numbers, torch.as_tensor(rows["test"]), batch_size)
+    return MlpResult(_test_predictions(frame, targets, rows["test"], z.double().cpu().numpy(),
+                                       is_train), history, best_epoch)
 
 
 # ============================================================================================

@@ -47,3 +47,70 @@ def mean_sd(tidy: pd.DataFrame, rows: list[str], columns: list[str],
 def has_table(results: str | Path, table: str) -> bool:
     """Whether any run under ``results`` has written ``tables/<table>.csv``."""
     return any((run / "tables" / f"{table}.csv").is_file() for run in run_folders(results))
+
+
+def example_subjects(manifest_path: str | Path, *, n: int = 3, split: str = "test",
+                     by: str = "lvef_pct") -> list[dict[str, object]]:
+    """A few subjects of ``split`` for a figure of ECG + ED/ES CMR pairs, read from their
+    files: the lowest, the median and the highest ``by`` (spread evenly for other ``n``).
+
+    Each dict has ``subject_id``, ``ecg`` (12, 5000) mV, ``ed``/``es`` canonical volumes,
+    ``ed_labels``/``es_labels`` when the manifest has label maps, and a ``caption`` with the
+    LV phenotypes the manifest records.
+    """
+    import numpy as np
+
+    from ecgcmr.data.cmr import load_cmr_canonical, load_labels_canonical
+    from ecgcmr.data.ecg import load_ecg
+    from ecgcmr.data.manifest import read_manifest
+
+    df = read_manifest(manifest_path)
+    pool = df[df["split"] == split]
+    if by in pool.columns and pool[by].notna().any():
+        pool = pool[pool[by].notna()].sort_values(by)
+    if pool.empty:
+        raise DataError(f"no {split} subject in the manifest", path=manifest_path)
+    picks = pool.iloc[np.unique(np.rint(np.linspace(0, len(pool) - 1, n)).astype(int))]
+    out = []
+    for _, row in picks.iterrows():
+        sid = str(row["subject_id"])
+        example: dict[str, object] = {
+            "subject_id": sid,
+            "ecg": load_ecg(row["ecg_path"], subject=sid),
+            "ed": load_cmr_canonical(row["cmr_ed_path"], subject=sid).array,
+            "es": load_cmr_canonical(row["cmr_es_path"], subject=sid).array,
+        }
+        for phase in ("ed", "es"):
+            seg = row.get(f"cmr_{phase}_seg_path")
+            if isinstance(seg, str) and seg:
+                example[f"{phase}_labels"] = load_labels_canonical(seg, subject=sid).array
+        parts = [f"{label} {row[col]:.0f}{unit}" for col, label, unit in (
+            ("lvedv_ml", "LVEDV", " mL"), ("lvesv_ml", "LVESV", " mL"), ("lvef_pct", "LVEF", " %"))
+            if col in row and pd.notna(row[col])]
+        example["caption"] = ", ".join(parts)
+        out.append(example)
+    return out
+
+
+def showcase_figures(results: str | Path, *, method: str = "dual",
+                     patterns: tuple[str, ...] = ("02_embedding_map_*.png",
+                                                  "03_scatter_bland_altman_*.png",
+                                                  "04_kaplan_meier*.png")) -> list[Path]:
+    """The per-run figures (embedding map, predicted-vs-measured, Kaplan–Meier) of one run of
+    ``method`` under ``results``: the first such run by name (e.g. the lowest seed of a
+    grid), or the only run. A run's method is the ``method`` of its ``params.yaml`` (the
+    notebooks' default, ``dual``, when it was not set)."""
+    runs = run_folders(results)
+    chosen = next((r for r in runs if _method_of(r) == method),
+                  runs[0] if len(runs) == 1 else None)
+    if chosen is None:
+        return []
+    return [p for pattern in patterns for p in sorted((chosen / "figures").glob(pattern))]
+
+
+def _method_of(run: Path) -> str:
+    import yaml
+
+    params_file = run / "params.yaml"
+    params = yaml.safe_load(params_file.read_text()) if params_file.is_file() else {}
+    return str((params or {}).get("method", "dual"))

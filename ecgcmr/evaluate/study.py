@@ -20,6 +20,7 @@ from ecgcmr.errors import DataError
 from ecgcmr.evaluate.phenotypes import (
     classical_features,
     evaluate_predictions,
+    finetune_head,
     linear_probes,
     mlp_head,
 )
@@ -80,6 +81,22 @@ def phenotype_evaluation(
         metrics.append(scored.assign(model=model))
         predictions.append(preds.assign(model=model))
     return tag_run(pd.concat(metrics), method, seed), tag_run(pd.concat(predictions), method, seed)
+
+
+def finetuned_evaluation(run_dir: str | Path, cache: Cache, table: pd.DataFrame, *,
+                         method: str, seed: int, n_boot: int = 1000, epochs: int = 10,
+                         device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's head on LVEDV, LVESV, LVEF with the run's ECG encoder fine-tuned
+    (model ``mlp-finetuned``); same outputs as :func:`phenotype_evaluation`."""
+    from ecgcmr.pretrain import encoder_from_spec
+
+    encoder = encoder_from_spec(Path(run_dir) / "embeddings")
+    paper = [t for t in PAPER_PHENOTYPES if t in table.columns]
+    preds = finetune_head(encoder, cache.ecg, cache.rows(), table, paper, epochs=epochs,
+                          seed=seed, device=device).predictions
+    scored = evaluate_predictions(preds, n_boot=n_boot, seed=seed).assign(model="mlp-finetuned")
+    return (tag_run(scored, method, seed),
+            tag_run(preds.assign(model="mlp-finetuned"), method, seed))
 
 
 def tag_run(frame: pd.DataFrame, method: str, seed: int) -> pd.DataFrame:
