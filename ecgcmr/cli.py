@@ -231,16 +231,16 @@ def _literal(raw: str) -> object:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from ecgcmr.runs import new_run_dir, notebook_series, run_grid, run_series
+    from ecgcmr.runs import new_run_dir, notebook_series, run_grid, run_path, run_series
 
     params = {"profile": args.profile, "workers": args.workers, **parse_assignments(args.set)}
     if any(isinstance(v, list) for v in params.values()):
-        grid = new_run_dir(args.run_dir)
+        grid = run_path(args.run_dir)
         print(f"grid folder: {grid}")
         cells = run_grid(grid, params, jobs=args.jobs, until=args.until)
         for name, state in cells.items():
             print(f"  {name}: {state}")
-        print(f"summary: {grid / 'summary.csv'}")
+        print(f"summary: {grid / 'summary.csv'}; report: {grid / 'index.html'}")
         return 1 if "failed" in cells.values() else 0
     run = new_run_dir(args.run_dir)
     print(f"run folder: {run}")

@@ -57,12 +57,18 @@ def synthetic_cohort_dir(data_dir: str | Path, profile: str, n_subjects: int, se
     return resolve(data_dir) / "synthetic" / f"{profile}-n{n_subjects}-seed{seed}"
 
 
-def new_run_dir(name: str | None = None, root: str | Path = "runs") -> Path:
-    """``runs/<name>`` (created; reused to resume), or a fresh timestamped folder."""
+def run_path(name: str | None = None, root: str | Path = "runs") -> Path:
+    """Where ``name`` lives: ``runs/<name>`` (a path with a ``/`` is taken as given), or a
+    fresh timestamped name when empty. Nothing is created."""
     if not name:
         name = dt.datetime.now(dt.UTC).strftime("run-%Y%m%dT%H%M%SZ")
     run = Path(name) if Path(name).is_absolute() or "/" in str(name) else resolve(root) / name
-    run = resolve(run)
+    return resolve(run)
+
+
+def new_run_dir(name: str | None = None, root: str | Path = "runs") -> Path:
+    """``runs/<name>`` (created; reused to resume), or a fresh timestamped folder."""
+    run = run_path(name, root)
     (run / "figures").mkdir(parents=True, exist_ok=True)
     (run / "tables").mkdir(exist_ok=True)
     return run
@@ -170,7 +176,21 @@ def run_series(
             break
         status[nb.name] = result[nb.name] = "done"
         status_file.write_text(json.dumps(status, indent=2))
+    _render_report(run)
     return result
+
+
+def _render_report(folder: Path, grid: bool = False) -> None:
+    """The HTML report of a run or grid; a rendering problem is reported, never fatal (the
+    executed notebooks and tables are what matter, and they are already written)."""
+    from ecgcmr.html_report import render_grid, render_run
+
+    try:
+        index = render_grid(folder) if grid else render_run(folder)
+        print(f"report: {index}")
+    except Exception as exc:  # noqa: BLE001 - any rendering failure must not lose the run
+        print(f"warning: could not render the HTML report of {folder}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def locate_manifest(
@@ -296,7 +316,27 @@ def run_grid(
         v, list) else [_plain(x) for x in v] for k, v in params.items()},
         "cells": results}, indent=2))
     summarise_grid(grid)
+    if any(nb.name.startswith("05_") for nb in notebook_series(until=until)):
+        _overview(grid, params, keys)
+    _render_report(grid, grid=True)
     return results
+
+
+def _overview(grid: Path, params: Mapping[str, object], keys: Sequence[str]) -> None:
+    """Notebook 05 over every cell of the grid, into ``grid/overview``: the tables × methods
+    (mean ± sd over seeds) and the figures of the whole grid."""
+    from ecgcmr.evaluate.report import OVERVIEW_RUN
+
+    fixed = {k: v for k, v in params.items() if k not in keys}
+    # the example pairs need one cohort: without one shared by all cells, leave them out
+    cohort_varies = any(k in keys for k in ("profile", "manifest", "n_subjects", "cohort_seed"))
+    figures = [nb for nb in notebook_series() if nb.name.startswith("05_")]
+    overview = grid / OVERVIEW_RUN
+    if (overview / "status.json").is_file():   # results change as cells finish: redo it
+        (overview / "status.json").unlink()
+    run_series(overview, {**fixed, "results": str(grid),
+                          **({"n_examples": 0} if cohort_varies else {})}, figures,
+               progress=False)
 
 
 def summarise_grid(grid_dir: str | Path) -> pd.DataFrame:

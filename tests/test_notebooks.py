@@ -43,6 +43,11 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     assert "dual" in overview.columns and "classical" in overview.columns
     assert (run / "figures" / "05_label_efficiency.pdf").is_file()
     assert (run / "figures" / "02_training_curves.png").is_file()
+    # the HTML report: every notebook rendered, every link and image of the index resolves
+    from ecgcmr.html_report import broken_links
+
+    assert broken_links(run / "index.html") == []
+    assert all((run / f"{nb.stem}.html").is_file() for nb in notebook_series())
     # a finished run folder is never re-executed or overwritten
     assert set(run_series(run, params, progress=False).values()) == {"skipped"}
     # a batch rerun of one notebook with other parameters gets its own folder and embeddings
@@ -95,3 +100,8 @@ def test_a_grid_reuses_the_cohort_skips_finished_cells_and_survives_a_failing_on
     assert second["seed-1_notch_hz-50.0"] == "skipped"
     assert second["seed-2_notch_hz-50.0"] == "skipped"
     assert (tmp_path / "grid" / "summary.csv").is_file()
+    # the grid's report links every cell's report (a failed cell's too: its error is shown)
+    from ecgcmr.html_report import broken_links
+
+    assert broken_links(tmp_path / "grid" / "index.html") == []
+    assert "seed-2_notch_hz-300.0/index.html" in (tmp_path / "grid" / "index.html").read_text()

@@ -12,13 +12,18 @@ import pandas as pd
 
 from ecgcmr.errors import DataError
 
+#: A grid's own run folder, where notebook 05 gathers every cell (not a cell itself).
+OVERVIEW_RUN = "overview"
+
 
 def run_folders(results: str | Path) -> list[Path]:
-    """The run folders under ``results`` (itself, if it is a run folder)."""
+    """The run folders under ``results`` (a grid folder's cells), or ``results`` itself if it
+    is a single run folder."""
     root = Path(results)
-    if (root / "tables").is_dir():
+    runs = sorted(p for p in root.iterdir() if (p / "tables").is_dir()
+                  and p.name != OVERVIEW_RUN) if root.is_dir() else []
+    if not runs and (root / "tables").is_dir():
         return [root]
-    runs = sorted(p for p in root.iterdir() if (p / "tables").is_dir()) if root.is_dir() else []
     if not runs:
         raise DataError("no run folders found (a run folder has a tables/ folder)", path=root)
     return runs
