@@ -102,6 +102,44 @@ def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
     return result
 
 
+def obtain_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
+                 pretrained_profile: str | None = None,
+                 init: dict[str, str | Path] | None = None,
+                 **fit_kw: object) -> tuple[Path, FitResult | None]:
+    """The best checkpoint of a stage, and its training result (None when not trained here).
+
+    With ``pretrained_profile`` the weights shipped for that profile are used when they were
+    trained with exactly this configuration (:mod:`ecgcmr.pretrained`); otherwise, or for a
+    stage they do not cover, the stage is trained (or a finished one reused) in ``out_dir``.
+    """
+    if pretrained_profile:
+        from ecgcmr.pretrained import shipped_checkpoint
+
+        shipped = shipped_checkpoint(cfg, pretrained_profile)
+        if shipped is not None:
+            return shipped, None
+    result = train_stage(cache, cfg, out_dir, init=init, **fit_kw)
+    return result.out_dir / "best.pt", result
+
+
+@torch.no_grad()
+def evaluate_alignment(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
+                       batch_size: int | None = None) -> dict[str, float]:
+    """Validation loss and ECG→phase top-1/top-5 retrieval of a stage-C checkpoint on the
+    cache's validation split (what stage C reports at each epoch)."""
+    from ecgcmr.models import build_cmr_encoder
+
+    cfg, weights = load_stage(best_pt)
+    cmr = {p: build_cmr_encoder(cfg.size, n_slices=_n_slices(cache)) for p in ("ed", "es")}
+    task = AlignTask(cfg, build_ecg_encoder(cfg.ecg_encoder, cfg.size), cmr)
+    task.load_state_dict(weights)
+    dev = pick_device(device)
+    _, val = datasets(cache, task, cfg)
+    loader = torch.utils.data.DataLoader(val, batch_size=batch_size or cfg.optim.batch_size,
+                                         shuffle=False)
+    return task.to(dev).evaluate(loader, dev)
+
+
 def build_task(cache: Cache, cfg: StageConfig, init: dict[str, str | Path]) -> Task:
     if cfg.stage == "cmr":
         return CmrRegressionTask(cfg, _n_slices(cache), *_target_stats(cache, cfg.targets))

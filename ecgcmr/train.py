@@ -507,7 +507,9 @@ def load_stage(path: str | Path, map_location: str | torch.device = "cpu"
                ) -> tuple[StageConfig, dict[str, torch.Tensor]]:
     """Config and weights of a stage's ``best.pt`` (or ``last.pt``)."""
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    return StageConfig.from_json(ckpt["config"]), ckpt["model"]
+    # shipped weights are stored in float16 (ecgcmr.pretrained): models compute in float32
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    return StageConfig.from_json(ckpt["config"]), weights
 
 
 # --------------------------------------------------------------------------- csv helpers

@@ -75,27 +75,39 @@ def generate_cohort(
     *,
     workers: int = 1,
     progress: bool = True,
+    split: str | None = None,
 ) -> Path:
     """Generate (or finish generating) the cohort in ``out_dir``; return the manifest path.
 
     Already finished subjects are kept, so an interrupted run continues where it stopped.
+    With ``split`` (e.g. ``"val"``) only that split's subjects are generated — the same files
+    as in the whole cohort, since each subject has its own seed — and the manifest lists
+    them (a quick way to check shipped weights against their validation metrics).
     """
     out = Path(out_dir)
     with exclusive(out):
-        return _generate(out, spec, workers, progress)
+        return _generate(out, spec, workers, progress, split)
 
 
-def _generate(out: Path, spec: CohortSpec, workers: int, progress: bool) -> Path:
+def _indices(spec: CohortSpec, split: str | None) -> list[int]:
+    ids = pd.Series([subject_id(i) for i in range(spec.n_subjects)])
+    if split is None:
+        return list(range(spec.n_subjects))
+    return [int(i) for i in np.flatnonzero(assign_splits(ids).to_numpy() == split)]
+
+
+def _generate(out: Path, spec: CohortSpec, workers: int, progress: bool,
+              split: str | None = None) -> Path:
     _claim_folder(out, spec)
     for sub in ("ecg", "cmr", "latent", ".rows"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(spec.n_subjects) if not _row_file(out, subject_id(i)).is_file()]
+    todo = [i for i in _indices(spec, split) if not _row_file(out, subject_id(i)).is_file()]
     jobs = ((out, spec, i) for i in todo)
     bar = tqdm(total=len(todo), desc="synthetic subjects", unit="subj", disable=not progress)
     with bar:
         for _ in _run(jobs, workers):
             bar.update()
-    return write_manifest(out, spec)
+    return write_manifest(out, spec, split)
 
 
 def _run(jobs: Iterator[tuple[Path, CohortSpec, int]], workers: int) -> Iterator[str]:
@@ -190,11 +202,14 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def write_manifest(out: str | Path, spec: CohortSpec) -> Path:
-    """Assemble manifest.csv and latent/latent_state.csv from the finished subjects."""
+def write_manifest(out: str | Path, spec: CohortSpec, split: str | None = None) -> Path:
+    """Assemble manifest.csv and latent/latent_state.csv from the finished subjects (of one
+    split only, with ``split``; each keeps the split it has in the whole cohort)."""
     out = Path(out)
     rows, latent = [], []
-    for i in range(spec.n_subjects):
+    every_id = pd.Series([subject_id(i) for i in range(spec.n_subjects)])
+    splits = dict(zip(every_id, assign_splits(every_id).to_numpy(), strict=True))
+    for i in _indices(spec, split):
         file = _row_file(out, subject_id(i))
         if not file.is_file():
             raise DataError("subject was not generated; rerun `ecgcmr synth` to finish",
@@ -203,7 +218,7 @@ def write_manifest(out: str | Path, spec: CohortSpec) -> Path:
         rows.append(record["manifest"])
         latent.append(record["latent"])
     manifest = pd.DataFrame(rows)
-    manifest["split"] = assign_splits(manifest["subject_id"]).to_numpy()
+    manifest["split"] = manifest["subject_id"].map(splits)
     path = out / "manifest.csv"
     manifest.to_csv(path.with_suffix(".csv.tmp"), index=False)
     os.replace(path.with_suffix(".csv.tmp"), path)
