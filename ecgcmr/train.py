@@ -402,6 +402,7 @@ def fit(
         task.set_train_mode()
         bar = tqdm(total=steps_per_epoch, desc=f"{cfg.stage} epoch {epoch + 1}/{opt_cfg.epochs}",
                    disable=not (progress and dist.is_main()), leave=False)
+        pending: list[dict[str, object]] = []   # step rows whose tensors are not read yet
         t0 = time.perf_counter()
         for i, batch in enumerate(train_loader):
             if i >= steps_per_epoch:
@@ -420,15 +421,16 @@ def fit(
             optimizer.step()
             task.after_step()
             state["step"] = step + 1
-            elapsed = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            row = {"epoch": epoch, "step": step, "lr": lr, "loss": float(loss.detach()),
-                   **{k: float(v) for k, v in terms.items()},
-                   "samples_per_s": len(batch[0]) * dist.world_size() / max(elapsed, 1e-9)}
-            if dist.is_main():
-                _append_csv(out / "steps.csv", row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}")
+            # no host-device sync in the step: the loss stays on the device until the next
+            # flush, which reads LOG_EVERY steps' values at once
+            pending.append({"epoch": epoch, "step": step, "lr": lr, "loss": loss.detach(),
+                            **{k: v.detach() for k, v in terms.items()},
+                            "n": len(batch[0]) * dist.world_size()})
             bar.update()
+            if len(pending) == LOG_EVERY:
+                t0 = _flush_steps(pending, out / "steps.csv", t0, bar)
+        if pending:
+            _flush_steps(pending, out / "steps.csv", t0, bar)
         bar.close()
         metrics = {"epoch": epoch, **task.evaluate(val_loader, dev)}
         state["epoch"] = epoch + 1
@@ -454,6 +456,29 @@ def fit(
     return FitResult(out_dir=out, best_epoch=state["best_epoch"],
                      best_val_loss=state["best_val_loss"], epochs_run=state["epoch"],
                      stopped_early=stopped_early, history=state["history"])
+
+
+LOG_EVERY = 25   # training steps between reads of the logged losses (one sync per read)
+
+
+def _flush_steps(pending: list[dict[str, object]], steps_csv: Path, t0: float,
+                 bar: tqdm) -> float:
+    """Append the pending step rows to ``steps.csv``, reading their losses from the device in
+    one go; ``samples_per_s`` is the throughput over the flushed window. Empties ``pending``
+    and returns the start time of the next window."""
+    keys = [k for k, v in pending[0].items() if isinstance(v, torch.Tensor)]
+    values = torch.stack([torch.stack([r[k].float().reshape(()) for k in keys])
+                          for r in pending]).cpu().tolist()          # the one sync
+    now = time.perf_counter()
+    sps = sum(int(r["n"]) for r in pending) / max(now - t0, 1e-9)
+    if dist.is_main():
+        for r, vals in zip(pending, values, strict=True):
+            read = dict(zip(keys, vals, strict=True))
+            row = {k: read.get(k, v) for k, v in r.items() if k != "n"}
+            _append_csv(steps_csv, {**row, "samples_per_s": sps})
+    bar.set_postfix(loss=f"{values[-1][keys.index('loss')]:.4f}", sps=f"{sps:.0f}")
+    pending.clear()
+    return now
 
 
 # --------------------------------------------------------------------------- checkpoints
