@@ -1,0 +1,110 @@
+"""The one WFDB writer of the converters: a ``(12, n)`` mV array -> ``<out_dir>/<name>.hea/.dat``.
+
+Format 16 (16-bit two's complement, little-endian), physical units mV, channels named as
+:data:`ecgcmr.constants.LEADS`, so :func:`ecgcmr.data.ecg.read_ecg` reads every record back.
+The caller chooses the ADC gain (steps per mV): a converter passes its source's own resolution,
+so the source's integer samples are written unchanged and read back exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import wfdb
+
+from ecgcmr.constants import LEADS
+from ecgcmr.errors import DataError
+
+# WFDB signal spec (signal.5, "format 16"): 16-bit two's complement samples. The value -32768
+# is reserved as the "invalid sample" marker, so the usable range is symmetric.
+FORMAT_16_MIN: int = -32767
+FORMAT_16_MAX: int = 32767
+WFDB_INVALID_16: int = -32768
+
+# A record name is one path component WFDB accepts (wfdb refuses dots; we also refuse
+# separators and spaces so a name from an untrusted file name cannot leave out_dir).
+_RECORD_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def write_wfdb(
+    out_dir: str | PathLike[str],
+    record_name: str,
+    signal_mv: np.ndarray,
+    fs: float,
+    *,
+    adc_gain_per_mv: float | Sequence[float],
+    comments: Sequence[str] = (),
+) -> Path:
+    """Write ``signal_mv`` ``(12, n)`` (mV, LEADS order) at ``fs`` Hz; return the record path.
+
+    ``adc_gain_per_mv``: ADC steps per mV, one value or one per lead (e.g. ``1000 / 5.0`` for a
+    5 µV-per-step source). Samples are rounded to the nearest step; NaN becomes WFDB's invalid
+    sample (read back as NaN). Returns ``out_dir / record_name`` (no suffix). Raises
+    :class:`DataError` for a bad shape, rate, gain or record name, or a value that does not
+    fit format 16 at the given gain.
+    """
+    out = Path(out_dir)
+    x = np.asarray(signal_mv, dtype=np.float64)
+    gains = _check_inputs(out, record_name, x, fs, adc_gain_per_mv)
+    digital = _to_digital(x, gains, out / record_name)
+    out.mkdir(parents=True, exist_ok=True)
+    wfdb.wrsamp(
+        record_name=record_name,
+        fs=_plain_number(fs),
+        units=["mV"] * len(LEADS),
+        sig_name=list(LEADS),
+        d_signal=digital.T,  # (n, 12): wfdb wants samples along axis 0
+        fmt=["16"] * len(LEADS),
+        adc_gain=[float(g) for g in gains],
+        baseline=[0] * len(LEADS),
+        comments=[_one_line(c) for c in comments],
+        write_dir=str(out),
+    )
+    return out / record_name
+
+
+def _check_inputs(
+    out: Path, record_name: str, x: np.ndarray, fs: float, gain: float | Sequence[float]
+) -> np.ndarray:
+    """Validate the arguments; return the per-lead gains ``(12,)``."""
+    if not _RECORD_NAME.match(record_name):
+        raise DataError("invalid WFDB record name", path=out,
+                        expected="letters, digits, '_' or '-' only", found=repr(record_name))
+    if x.ndim != 2 or x.shape[0] != len(LEADS) or x.shape[1] == 0:
+        raise DataError("ECG has the wrong shape", path=out / record_name,
+                        expected="(12, n) with n > 0", found=str(x.shape))
+    if not (np.isfinite(fs) and fs > 0):
+        raise DataError("invalid sampling frequency", path=out / record_name,
+                        expected="a positive number of Hz", found=repr(fs))
+    gains = np.broadcast_to(np.asarray(gain, dtype=np.float64), (len(LEADS),)).copy()
+    if not (np.isfinite(gains).all() and (gains > 0).all()):
+        raise DataError("invalid ADC gain", path=out / record_name,
+                        expected="positive steps per mV", found=str(gains.tolist()))
+    return gains
+
+
+def _to_digital(x: np.ndarray, gains: np.ndarray, record: Path) -> np.ndarray:
+    """``(12, n)`` mV -> ``(12, n)`` int16 ADC steps; NaN -> WFDB_INVALID_16."""
+    scaled = np.round(x * gains[:, None])
+    finite = np.isfinite(scaled)
+    over = finite & ((scaled < FORMAT_16_MIN) | (scaled > FORMAT_16_MAX))
+    if over.any():
+        lead = LEADS[int(np.flatnonzero(over.any(axis=1))[0])]
+        raise DataError(f"signal does not fit WFDB format 16 at this gain (lead {lead})",
+                        path=record, expected=f"|x| <= {FORMAT_16_MAX} ADC steps",
+                        found=f"{np.abs(scaled[over]).max():.0f} steps")
+    return np.where(finite, scaled, WFDB_INVALID_16).astype(np.int16)
+
+
+def _plain_number(fs: float) -> float | int:
+    """500.0 -> 500, so the header reads ``500`` rather than ``500.0``."""
+    return int(fs) if float(fs).is_integer() else float(fs)
+
+
+def _one_line(comment: str) -> str:
+    """A header comment is one line: newlines in text taken from a file would break the header."""
+    return " ".join(str(comment).split())
