@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default="99", metavar="NN",
                    help="run the notebooks up to this number only (e.g. 01: data preparation)")
     p.set_defaults(func=_reproduce)
+
+    _manifest_parsers(sub)
     return parser
 
 
@@ -248,3 +250,87 @@ def _reproduce(args: argparse.Namespace) -> int:
     for name, state in result.items():
         print(f"  {name}: {state}")
     return 1 if "failed" in result.values() else 0
+
+
+# --- ecgcmr manifest ukb|folders ----------------------------------------------------------------
+
+
+def _manifest_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("manifest", help="build a manifest from real data (UK Biobank or folders)",
+                       description="Build manifest.csv (+ build_report.csv listing every subject "
+                                   "or file left out, and why) from real data.")
+    kinds = p.add_subparsers(required=True, metavar="SOURCE")
+
+    u = kinds.add_parser(
+        "ukb", help="UK Biobank bulk ECG (20205) / CMR (20209) files + a tabular export",
+        description="Convert the imaging visit's ECG XML and CMR DICOM zips of every "
+                    "participant and map the export's fields to the manifest columns (see "
+                    "data_manifests/ukb_fields.md). Resumable: rerun to continue.")
+    u.add_argument("--bulk-dir", required=True, type=Path, help="folder of the bulk files")
+    u.add_argument("--table", required=True, type=Path,
+                   help="export with the fields of data_manifests/ukb_fields.md (CSV, TSV/.tab "
+                        "or parquet; '24100-2.0' or RAP 'p24100_i2' column names, raw codes)")
+    u.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    u.add_argument("--censor-date", required=True, metavar="YYYY-MM-DD",
+                   help="end of follow-up of the hospital records (incident events)")
+    u.add_argument("--ecg-pattern", default="{eid}_20205_2_0.xml",
+                   help="ECG file name under --bulk-dir, {eid} = participant id "
+                        "(default: %(default)s)")
+    u.add_argument("--cmr-pattern", default="{eid}_20209_2_0.zip",
+                   help="CMR file name under --bulk-dir (default: %(default)s)")
+    u.add_argument("--id-column", default=None, help="participant id column (default: eid, "
+                   "f.eid or participant.eid)")
+    u.set_defaults(func=_manifest_ukb)
+
+    f = kinds.add_parser(
+        "folders", help="any folders of WFDB records + NIfTI ED/ES volumes",
+        description="Match files to subjects by name: <id>.hea, <id>_ed.nii.gz, "
+                    "<id>_es.nii.gz, optional <id>_ed_seg.nii.gz / <id>_es_seg.nii.gz "
+                    "(change with --pattern). Every ECG must hold the 12 standard leads by name.")
+    f.add_argument("--ecg-dir", required=True, type=Path, help="folder of WFDB records")
+    f.add_argument("--cmr-dir", required=True, type=Path, help="folder of NIfTI volumes")
+    f.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    f.add_argument("--table", type=Path, default=None,
+                   help="optional CSV/parquet of phenotypes, outcomes, covariates, split")
+    f.add_argument("--id-column", default="subject_id", help="id column of --table")
+    f.add_argument("--pattern", action="append", default=[], metavar="COLUMN=REGEX",
+                   help="file pattern of a manifest column, a regex with a group (?P<id>...) "
+                        "matched against the path relative to its folder, e.g. "
+                        "--pattern 'cmr_ed_path=(?P<id>[^/]+)/sa_ED\\.nii\\.gz'; "
+                        "COLUMN= (empty) switches an optional column off")
+    f.set_defaults(func=_manifest_folders)
+
+
+def _manifest_ukb(args: argparse.Namespace) -> int:
+    from ecgcmr.manifests.ukb import build_ukb_manifest
+
+    manifest = build_ukb_manifest(args.bulk_dir, args.table, args.out,
+                                  censor_date=args.censor_date, ecg_pattern=args.ecg_pattern,
+                                  cmr_pattern=args.cmr_pattern, id_column=args.id_column)
+    _print_built(manifest)
+    return 0
+
+
+def _manifest_folders(args: argparse.Namespace) -> int:
+    from ecgcmr.manifests.folders import build_folder_manifest
+
+    patterns: dict[str, str | None] = {}
+    for item in args.pattern:
+        column, sep, regex = item.partition("=")
+        if not sep or not column:
+            raise SystemExit(f"ecgcmr: --pattern expects COLUMN=REGEX, got {item!r}")
+        patterns[column.strip()] = regex or None
+    manifest = build_folder_manifest(args.ecg_dir, args.cmr_dir, args.out, table=args.table,
+                                     patterns=patterns, id_column=args.id_column)
+    _print_built(manifest)
+    return 0
+
+
+def _print_built(manifest: Path) -> None:
+    import pandas as pd
+
+    n_subjects = len(pd.read_csv(manifest, usecols=["subject_id"]))
+    report = manifest.with_name("build_report.csv")
+    n_left_out = len(pd.read_csv(report))
+    print(f"manifest: {manifest} ({n_subjects} subjects, valid); {n_left_out} item(s) left out, "
+          f"see {report}")
