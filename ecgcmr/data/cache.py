@@ -184,7 +184,7 @@ def _heart_center(record: dict[str, object], ed, es) -> tuple[float, float, floa
     """From the ED label map when the manifest has one, else estimated from the images."""
     seg = record.get("cmr_ed_seg_path")
     if isinstance(seg, str) and seg:
-        labels = load_labels_canonical(seg, subject=str(record["subject_id"]))
+        labels = load_labels_canonical(seg, subject=str(record["subject_id"]), like=ed)
         return center_from_labels(labels.array)
     return heart_center(ed.array, es.array, spacing_mm=ed.spacing_mm)
 

@@ -69,6 +69,9 @@ MIN_SPACING_MM = 0.1         # below: units are wrong (an affine in metres, say)
 MAX_SPACING_MM = 30.0        # above: not a cardiac stack (UK Biobank SAX: 10 mm slice pitch)
 _NIFTI_UNIT_TO_MM = {"mm": 1.0, "meter": 1000.0, "micron": 0.001, "unknown": 1.0}
 _SNAP_TOL = 1e-3             # |zoom - 1| below this counts as "same spacing" (copy, no blend)
+#: Label map vs image: affine entries (mm) may differ by this much (float32 sform rounding of
+#: a 100 mm offset is ~1e-5 mm; a real misregistration is a voxel or more).
+GRID_TOLERANCE_MM = 0.01
 
 # --- heart centre from motion ---------------------------------------------------------------------
 _MOTION_SMOOTH_MM = 6.0      # Gaussian sd: larger than noise grain, smaller than the LV (~50 mm)
@@ -144,7 +147,7 @@ def read_cmr(path: str | PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     if np.ptp(array) == 0:
         raise DataError("empty CMR volume: every voxel has the same value", path=path,
                         expected="image contrast", found=f"constant {array.flat[0]:g}")
-    return array, _affine_mm(img, path)
+    return array, affine_mm(img, path)
 
 
 def read_labels(path: str | PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +163,7 @@ def read_labels(path: str | PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     if values.size and (values.min() < 0 or values.max() > 255):
         raise DataError("label values out of range", path=path, expected="0..255",
                         found=f"{values.min()}..{values.max()}")
-    return values.astype(np.uint8), _affine_mm(img, path)
+    return values.astype(np.uint8), affine_mm(img, path)
 
 
 def _load_nifti(path: str | PathLike[str]) -> nib.spatialimages.SpatialImage:
@@ -206,7 +209,7 @@ def _check_finite(array: np.ndarray, path: str | PathLike[str]) -> None:
                         expected="finite intensities", found=f"{bad} NaN/inf voxels")
 
 
-def _affine_mm(img: nib.spatialimages.SpatialImage, path: str | PathLike[str]) -> np.ndarray:
+def affine_mm(img: nib.spatialimages.SpatialImage, path: str | PathLike[str]) -> np.ndarray:
     """The image's affine in mm, validated: finite, invertible, plausible spacing."""
     affine = np.asarray(img.affine, dtype=np.float64).copy()
     unit = "mm"
@@ -314,13 +317,34 @@ def load_cmr_canonical(path: str | PathLike[str], *, subject: str | None = None)
         raise exc.with_context(subject=subject, path=path) from exc
 
 
-def load_labels_canonical(path: str | PathLike[str], *, subject: str | None = None
-                          ) -> CanonicalVolume:
-    """Read and reorder a label map: uint8 ``(D, H, W)`` in the canonical layout."""
+def load_labels_canonical(path: str | PathLike[str], *, subject: str | None = None,
+                          like: CanonicalVolume | None = None) -> CanonicalVolume:
+    """Read and reorder a label map: uint8 ``(D, H, W)`` in the canonical layout.
+
+    With ``like`` (the image the labels belong to), the label map must lie on the image's
+    voxel grid, else :class:`DataError`: a map of another shape or position would put the
+    heart centre, and every label, in the wrong place without any other sign.
+    """
     try:
-        return _canonicalise(*read_labels(path), is_labels=True)
+        labels = _canonicalise(*read_labels(path), is_labels=True)
+        if like is not None:
+            _check_same_grid(labels, like)
+        return labels
     except DataError as exc:
         raise exc.with_context(subject=subject, path=path) from exc
+
+
+def _check_same_grid(labels: CanonicalVolume, image: CanonicalVolume) -> None:
+    """Raise DataError unless ``labels`` and ``image`` share shape and voxel-to-world affine."""
+    if labels.array.shape != image.array.shape:
+        raise DataError("label map and image differ in shape",
+                        expected=f"the image's canonical shape {image.array.shape}",
+                        found=f"{labels.array.shape}")
+    offset = np.abs(labels.affine - image.affine).max()
+    if offset > GRID_TOLERANCE_MM:
+        raise DataError("label map and image are not on the same voxel grid (affines differ)",
+                        expected=f"affines equal within {GRID_TOLERANCE_MM} mm",
+                        found=f"largest difference {offset:.3g} mm")
 
 
 # ============================================================================================

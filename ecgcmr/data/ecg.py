@@ -52,6 +52,15 @@ _UNIT_TO_MV: dict[str, float] = {
 }
 _DEFAULT_WFDB_UNITS = "mV"  # WFDB header spec: a signal line without units is in millivolts
 
+# --- signal files ---------------------------------------------------------------------------------
+# Bytes per sample of the fixed-width WFDB storage formats (WFDB "signal(5)" man page): 8/80 one
+# byte, 16/61/160 two, 24 three, 32 four, 212 two 12-bit samples in three bytes, 310/311 three
+# 10-bit samples in four bytes. FLAC formats (508/516/524) are compressed: no size to check.
+_BYTES_PER_SAMPLE: dict[str, float] = {
+    "8": 1, "80": 1, "16": 2, "61": 2, "160": 2, "24": 3, "32": 4,
+    "212": 1.5, "310": 4 / 3, "311": 4 / 3,
+}
+
 # --- resampling -------------------------------------------------------------------------------
 _MAX_RESAMPLE_DENOMINATOR = 1000  # rational approximation of fs_out/fs_in: error < 1e-6 relative
 _RESAMPLE_MARGIN_SAMPLES = 64     # extra input samples resampled past 10 s, then cut: no end edge
@@ -70,6 +79,7 @@ SATURATION_MIN_EXCURSION_MV = 0.5  # ... and that extreme lies this far from the
 class _Header:
     fs: float
     units: list[str] | None  # per signal, as written in the header (None: could not parse)
+    gains: list[str] | None  # per signal, the ADC gain field as written ("" when absent)
 
 
 # ============================================================================================
@@ -83,13 +93,17 @@ def read_ecg(path: str | PathLike[str]) -> tuple[np.ndarray, float]:
     ``path`` is the record with or without ``.hea`` (a ``.dat`` suffix is also accepted).
     Units are converted from the header (``mV``, ``uV``/``µV``, ``V``, ``nV``) to mV; the unit
     strings are read from the header text itself because ``wfdb`` drops non-ASCII characters
-    (it reads ``µV`` as ``V``, a factor of 10^6).
+    (it reads ``µV`` as ``V``, a factor of 10^6). A lead whose ADC gain is missing, zero or not
+    a number is rejected: ``wfdb`` silently assumes 200 steps per unit for it (the WFDB
+    header spec's "uncalibrated" default), which would scale the lead by an arbitrary factor.
+    A signal file shorter than the header says is reported as truncated.
     """
     base = _record_base(path)
     hea = base.with_name(base.name + ".hea")
     if not hea.is_file():
         raise DataError("WFDB header not found", path=hea, expected="a .hea file next to the signals")
     header = _parse_header(hea)
+    _check_signal_files(base, hea)
     try:
         record = wfdb.rdrecord(str(base))
     except Exception as exc:  # wfdb raises IndexError/ValueError/OSError... for a bad record
@@ -102,6 +116,9 @@ def read_ecg(path: str | PathLike[str]) -> tuple[np.ndarray, float]:
     if units is None or len(units) != len(names):  # header text not parsable: trust wfdb
         units = [u or _DEFAULT_WFDB_UNITS for u in (record.units or [None] * len(names))]
     columns, signs = _match_leads(names, hea)
+    if header.gains is not None and len(header.gains) == len(names):
+        for c in columns:
+            _check_gain(header.gains[c], names[c], hea)
     factors = [_unit_factor(units[c], names[c], hea) for c in columns]
     ecg = signal[:, columns].T * (np.asarray(signs) * np.asarray(factors))[:, None]
     return ecg.astype(np.float32), header.fs
@@ -139,11 +156,17 @@ def _parse_header(hea: Path) -> _Header:
     if not np.isfinite(fs) or fs <= 0:
         raise DataError("invalid sampling frequency in WFDB header", path=hea,
                         expected="a positive number of Hz", found=repr(tokens[2]))
-    return _Header(fs=fs, units=_header_units(lines))
+    gain_fields = _gain_fields(lines)
+    if gain_fields is None:
+        return _Header(fs=fs, units=None, gains=None)
+    units = [g.split("/", 1)[1] if "/" in g else _DEFAULT_WFDB_UNITS for g in gain_fields]
+    gains = [re.split(r"[(/]", g, maxsplit=1)[0] for g in gain_fields]
+    return _Header(fs=fs, units=units, gains=gains)
 
 
-def _header_units(lines: list[str]) -> list[str] | None:
-    """Units of each signal line (``... <gain>(<baseline>)/<units> ...``); None if unparsable."""
+def _gain_fields(lines: list[str]) -> list[str] | None:
+    """The ``<gain>(<baseline>)/<units>`` field of each signal line ("" when the line stops
+    before it); None if the signal lines cannot be told apart."""
     try:
         n_signals = int(lines[0].split()[1].split("/")[0])
     except (IndexError, ValueError):
@@ -151,12 +174,50 @@ def _header_units(lines: list[str]) -> list[str] | None:
     signal_lines = lines[1:1 + n_signals]
     if len(signal_lines) != n_signals:
         return None
-    units = []
-    for line in signal_lines:
-        fields = line.split()
-        gain = fields[2] if len(fields) > 2 else ""
-        units.append(gain.split("/", 1)[1] if "/" in gain else _DEFAULT_WFDB_UNITS)
-    return units
+    return [fields[2] if len(fields) > 2 else "" for fields in map(str.split, signal_lines)]
+
+
+def _check_gain(gain: str, lead_name: str, hea: Path) -> None:
+    """A usable ADC gain: a finite non-zero number (steps per physical unit)."""
+    try:
+        value = float(gain)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value == 0:
+        raise DataError(f"uncalibrated lead {lead_name!r}: ADC gain missing, zero or not a number",
+                        path=hea, expected="a non-zero number of ADC steps per physical unit",
+                        found=repr(gain))
+
+
+def _check_signal_files(base: Path, hea: Path) -> None:
+    """Each signal file exists and holds at least the samples the header promises."""
+    try:
+        header = wfdb.rdheader(str(base))
+    except Exception:  # noqa: BLE001 - an unparsable header is reported by rdrecord below
+        return
+    files = getattr(header, "file_name", None)  # None for a multi-segment record
+    if not files or not header.sig_len:
+        return  # no signal length in the header: WFDB reads the whole file, nothing to check
+    byte_offsets = header.byte_offset or [None] * len(files)
+    bytes_per_frame: dict[str, float] = {}
+    offsets: dict[str, int] = {}
+    for file, fmt, offset in zip(files, header.fmt, byte_offsets, strict=True):
+        per_sample = _BYTES_PER_SAMPLE.get(str(fmt))
+        if per_sample is None:
+            return  # compressed or unknown format: wfdb reports its own problems
+        bytes_per_frame[file] = bytes_per_frame.get(file, 0.0) + per_sample
+        offsets.setdefault(file, int(offset or 0))  # the offset is per file: its first signal's
+    for file, per_frame in bytes_per_frame.items():
+        data = base.with_name(file)
+        if not data.is_file():
+            raise DataError("WFDB signal file not found", path=data,
+                            expected=f"the signal file named in {hea.name}")
+        expected = offsets[file] + math.ceil(per_frame * header.sig_len)
+        found = data.stat().st_size
+        if found < expected:
+            raise DataError("WFDB signal file is truncated", path=data,
+                            expected=f"{expected} bytes ({header.sig_len} samples per signal, "
+                                     f"as {hea.name} says)", found=f"{found} bytes")
 
 
 def _normalise_lead_name(name: str) -> tuple[str | None, int]:

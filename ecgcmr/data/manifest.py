@@ -75,17 +75,20 @@ def read_manifest(
     *,
     check_files: bool = True,
     verify_checksums: bool = False,
+    require_ecg: bool = True,
 ) -> pd.DataFrame:
     """Read and validate a manifest; return it with path columns resolved to absolute paths.
 
     Raises :class:`ManifestError` (a :class:`~ecgcmr.errors.DataError`) listing every problem.
     ``df.attrs["manifest_path"]`` keeps where it came from. If the manifest has no ``split``
-    column, the paper's 70/15/15 split (seed 42) is assigned.
+    column, the paper's 70/15/15 split (seed 42) is assigned. ``require_ecg=False`` accepts a
+    CMR-only manifest (public CMR collections, for the CMR encoders of stage A): ``ecg_path``
+    may then be absent or empty; a non-empty one must still name an existing record.
     """
     path = Path(path)
     df = _read_table(path)
     problems = validate_manifest(df, root=path.parent, check_files=check_files,
-                                 verify_checksums=verify_checksums)
+                                 verify_checksums=verify_checksums, require_ecg=require_ecg)
     if problems:
         raise ManifestError(path, problems)
     df = resolve_paths(df, path.parent)
@@ -127,15 +130,21 @@ def validate_manifest(
     root: str | Path,
     check_files: bool = True,
     verify_checksums: bool = False,
+    require_ecg: bool = True,
 ) -> list[Problem]:
-    """Every problem in ``df``, in subject order; an empty list means the manifest is valid."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    """Every problem in ``df``, in subject order; an empty list means the manifest is valid.
+
+    ``require_ecg=False``: ``ecg_path`` is optional (see :func:`read_manifest`).
+    """
+    required = REQUIRED_COLUMNS if require_ecg else tuple(
+        c for c in REQUIRED_COLUMNS if c != "ecg_path")
+    missing = [c for c in required if c not in df.columns]
     if missing:
         return [Problem("", c, "required column is missing") for c in missing]
     problems: list[Problem] = []
     problems += _check_ids(df["subject_id"])
     if check_files:
-        problems += _check_files(df, Path(root), verify_checksums)
+        problems += _check_files(df, Path(root), verify_checksums, required)
     problems += _check_phenotypes(df)
     problems += _check_outcomes(df)
     problems += _check_covariates(df)
@@ -156,26 +165,42 @@ def _check_ids(ids: pd.Series) -> list[Problem]:
     return problems
 
 
-def _check_files(df: pd.DataFrame, root: Path, verify_checksums: bool) -> list[Problem]:
+def _check_files(df: pd.DataFrame, root: Path, verify_checksums: bool,
+                 required: tuple[str, ...] = REQUIRED_COLUMNS) -> list[Problem]:
     problems = []
     for col in PATH_COLUMNS:
         if col not in df.columns:
             continue
+        users: dict[Path, list[str]] = {}  # file -> subjects naming it in this column
         for sid, rel in zip(df["subject_id"], df[col], strict=True):
             if _is_missing(rel):
-                if col in REQUIRED_COLUMNS:
+                if col in required:
                     problems.append(Problem(sid, col, "path is empty"))
                 continue
             file = _existing_file(root / str(rel), col)
             if file is None:
                 problems.append(Problem(sid, col, f"file not found: {root / str(rel)}"))
                 continue
+            users.setdefault(file.resolve(), []).append(str(sid))
             checksum_col = f"{col.removesuffix('_path')}_sha256"
             if verify_checksums and checksum_col in df.columns:
                 expected = df.loc[df["subject_id"] == sid, checksum_col].iloc[0]
                 if not _is_missing(expected) and sha256_file(file) != str(expected).lower():
                     problems.append(Problem(sid, col, f"sha256 of {file} does not match "
                                                       f"{checksum_col}"))
+        problems += _shared_files(users, col)
+    return problems
+
+
+def _shared_files(users: dict[Path, list[str]], column: str) -> list[Problem]:
+    """One file named by several subjects is a copy-paste error: it would pair one
+    person's data with another's (and could put the same data in train and test)."""
+    problems = []
+    for file, sids in users.items():
+        if len(set(sids)) > 1:  # a repeated id is reported by _check_ids instead
+            problems += [Problem(sid, column, f"file {file} is also used by subject(s) "
+                                              f"{', '.join(o for o in sids if o != sid)}")
+                         for sid in sids]
     return problems
 
 
