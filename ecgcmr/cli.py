@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("preprocess", help="build the preprocessing cache of a manifest")
     p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--cmr-only", action="store_true",
+                   help="accept subjects without an ECG (e.g. an ACDC/M&Ms manifest, for "
+                        "stage A); they never enter an ECG stage")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="default: data/cache/<manifest folder>-<hash of the settings>, "
                         "where the notebooks and `ecgcmr pretrain` look")
@@ -205,7 +208,8 @@ def _preprocess(args: argparse.Namespace) -> int:
 
     spec = get_profile(args.profile).cache_spec(notch_hz=args.notch_hz or None)
     folder = args.cache_dir or cache_dir_for(args.manifest, spec.to_json(), args.data_dir)
-    cache = build_cache(read_manifest(args.manifest), folder, spec, workers=args.workers)
+    manifest = read_manifest(args.manifest, require_ecg=not args.cmr_only)
+    cache = build_cache(manifest, folder, spec, workers=args.workers)
     n_bad = int((~cache.index["ok"]).sum())
     print(f"cache {folder}: {len(cache.index) - n_bad} subjects ok, {n_bad} rejected "
           f"(see {Path(folder) / 'qc_report.csv'})")

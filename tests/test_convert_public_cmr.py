@@ -276,3 +276,33 @@ def test_cmr_only_manifest_validates_only_with_require_ecg_false(tmp_path: Path,
     raw.assign(ecg_path="ecg/missing").to_csv(tmp_path / "out" / "bad_ecg.csv", index=False)
     with pytest.raises(ManifestError, match="file not found"):
         read_manifest(tmp_path / "out" / "bad_ecg.csv", require_ecg=False)
+
+
+# --- stage A on a public collection -------------------------------------------------------------
+
+
+def test_a_cmr_only_collection_trains_stage_a_and_never_enters_an_ecg_stage(
+        tmp_path: Path, phantom: Phantom, capsys: pytest.CaptureFixture[str]) -> None:
+    from ecgcmr.cli import main
+    from ecgcmr.config import get_profile
+    from ecgcmr.data.cache import open_cache
+    from ecgcmr.data.dataset import PairedDataset
+    from ecgcmr.pretrain import train_stage, with_epochs
+
+    for i in range(24):     # enough subjects that every split has some
+        write_acdc(tmp_path / "acdc", phantom, pid=f"patient{i:03d}")
+    manifest = convert_acdc(tmp_path / "acdc", tmp_path / "out")
+    cache_dir = tmp_path / "cache"
+    # a paired-data run refuses the manifest; --cmr-only accepts it
+    assert main(["preprocess", "--manifest", str(manifest), "--cache-dir", str(cache_dir)]) != 0
+    assert "ecg_path" in capsys.readouterr().err
+    assert main(["preprocess", "--manifest", str(manifest), "--cache-dir", str(cache_dir),
+                 "--cmr-only", "--workers", "1"]) == 0
+    cache = open_cache(cache_dir)
+    assert cache.index["ok"].all() and not cache.index["has_ecg"].any()
+    assert len(PairedDataset(cache, "train", fields=("cmr_ed",))) > 0
+    assert len(PairedDataset(cache, None, fields=("ecg",))) == 0
+    cfg = with_epochs(get_profile("tiny").stage_config("cmr", seed=0, phase="ed",
+                                                      batch_size=4), 1)
+    result = train_stage(cache, cfg, tmp_path / "stage_a", progress=False)
+    assert np.isfinite(result.best_val_loss)

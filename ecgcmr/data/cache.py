@@ -20,6 +20,7 @@ dataset never serves them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -164,8 +165,11 @@ def preprocess_subject(
             problems.append({"modality": modality, "file": str(file), "reason": str(exc)})
             return None
 
-    ecg = attempt("ecg", record["ecg_path"], lambda: preprocess_ecg(
-        load_ecg(record["ecg_path"], subject=sid), spec.ecg))
+    if has_ecg(record):
+        ecg = attempt("ecg", record["ecg_path"], lambda: preprocess_ecg(
+            load_ecg(record["ecg_path"], subject=sid), spec.ecg))
+    else:   # a CMR-only manifest (e.g. ACDC): zeros that no ECG dataset ever reads
+        ecg = np.zeros((len(LEADS), ECG_N_SAMPLES), dtype=np.float32)
     ed = attempt("cmr_ed", record["cmr_ed_path"],
                  lambda: load_cmr_canonical(record["cmr_ed_path"], subject=sid))
     es = attempt("cmr_es", record["cmr_es_path"],
@@ -178,6 +182,12 @@ def preprocess_subject(
     if problems:
         return None, problems
     return (ecg, ed, es), []
+
+
+def has_ecg(record: dict[str, object]) -> bool:
+    """Whether a manifest row names an ECG (CMR-only manifests leave ``ecg_path`` empty)."""
+    path = record.get("ecg_path")
+    return isinstance(path, str | Path) and str(path) != ""
 
 
 def _heart_center(record: dict[str, object], ed, es) -> tuple[float, float, float]:  # noqa: ANN001
@@ -236,7 +246,10 @@ def _write_index(root: Path, manifest: pd.DataFrame, status: dict[str, object]) 
     index = manifest.copy()
     index.insert(1, "row", np.arange(len(index)))
     index.insert(2, "ok", [status.get(s) == _OK for s in index["subject_id"]])
-    index.to_csv(root / "index.csv", index=False)
+    index.insert(3, "has_ecg", [has_ecg(r) for r in manifest.to_dict("records")])
+    # atomic: other runs may be reading the index of this shared cache right now
+    index.to_csv(root / "index.csv.tmp", index=False)
+    os.replace(root / "index.csv.tmp", root / "index.csv")
     qc_rows = [{"subject_id": sid, **problem}
                for sid, value in status.items() if value != _OK for problem in value]
     pd.DataFrame(qc_rows, columns=["subject_id", "modality", "file", "reason"]).to_csv(

@@ -118,7 +118,10 @@ class PairedDataset(Dataset):
             raise ValueError(f"fields must be a non-empty subset of {FIELDS}, got {fields}")
         self.fields = tuple(fields)
         self.cache = cache if isinstance(cache, Cache) else open_cache(cache)
-        self.subjects = self.cache.rows(split).reset_index(drop=True)
+        subjects = self.cache.rows(split)
+        if "ecg" in self.fields and "has_ecg" in subjects.columns:  # CMR-only subjects
+            subjects = subjects[subjects["has_ecg"]]
+        self.subjects = subjects.reset_index(drop=True)
         missing = [t for t in targets if t not in self.subjects.columns]
         if missing:
             raise KeyError(f"target columns not in the cache index: {missing}")
