@@ -1,6 +1,15 @@
 """Converters from real-data formats to the project's data contract (WFDB ECG, NIfTI CMR).
 
+============== ============================================================================
+ecg_xml        UK Biobank resting ECG (field 20205): GE CardioSoft XML -> WFDB + measurements
+ecg_dicom      DICOM 12-lead ECG Waveform Storage -> WFDB at 500 Hz
+cmr_dicom      UK Biobank short-axis cine (field 20209): DICOM zip -> ED/ES NIfTI
+public_cmr     ACDC and M&Ms folders -> ED/ES NIfTI + label maps in our convention
+safe_zip       reading untrusted zips in memory with name, size and ratio bounds
+wfdb_out       the one WFDB writer the ECG converters share
+============== ============================================================================
+
 Every converter treats its input as untrusted: XML through ``defusedxml``, zips read in memory
 with size bounds, nothing executed or unpickled. Bad input raises :class:`ecgcmr.errors.DataError`
-naming the file and what is wrong.
+naming the file and what is wrong. The manifest builders in :mod:`ecgcmr.manifests` call them.
 """
