@@ -90,6 +90,7 @@ def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
     # ranks of one run work on it together)
     lock = contextlib.nullcontext() if dist.is_distributed() else exclusive(out_dir)
     with lock:
+        _check_same_stage(Path(out_dir), cfg)
         if done.is_file():
             _, weights = load_stage(Path(out_dir) / "best.pt")
             task.load_state_dict(weights)
@@ -140,6 +141,18 @@ def evaluate_alignment(cache: Cache, best_pt: str | Path, *, device: str = "cpu"
     return task.to(dev).evaluate(loader, dev)
 
 
+def _check_same_stage(out_dir: Path, cfg: StageConfig) -> None:
+    """A folder that already holds a stage trained with other settings is never reused (nor
+    resumed) as if it were this one: e.g. rerunning notebook 02 in the same run folder with
+    another method."""
+    saved = out_dir / "config.json"
+    if saved.is_file() and json.loads(saved.read_text()) != cfg.to_json():
+        old = json.loads(saved.read_text())
+        differ = sorted(k for k in {*old, *cfg.to_json()} if old.get(k) != cfg.to_json().get(k))
+        raise ValueError(f"{out_dir} holds a {cfg.stage} stage trained with other settings "
+                         f"(differs in: {', '.join(differ)}); use another run folder")
+
+
 def build_task(cache: Cache, cfg: StageConfig, init: dict[str, str | Path]) -> Task:
     if cfg.stage == "cmr":
         return CmrRegressionTask(cfg, _n_slices(cache), *_target_stats(cache, cfg.targets))
@@ -177,6 +190,9 @@ def ecg_encoder_for(method: str, *, seed: int, size: str, ecg_kind: str = "vit",
     if method in ALIGN_METHODS:
         return load_ecg_encoder(stage_c)
     if method == "ecg_only":
+        if stage_b is None:
+            raise ValueError("method 'ecg_only' is the masked-autoencoder ViT of stage B; "
+                             f"ecg_encoder={ecg_kind!r} has no stage B (use 'vit')")
         return load_ecg_encoder(stage_b)
     if method == "random":
         dist.seed_everything(seed)

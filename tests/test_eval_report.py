@@ -70,3 +70,22 @@ def test_example_subjects_span_the_lvef_range_of_the_test_split(tiny_cohort: Pat
     with pytest.raises(DataError, match="unknown lead"):
         plot_ecg_cmr_pairs(examples, leads=("X",))
     assert np.isfinite(first["ecg"]).all()
+
+
+def test_a_baseline_every_run_recomputes_counts_once_per_seed(tmp_path: Path) -> None:
+    from ecgcmr.evaluate.report import once_per_seed
+
+    rows = []
+    for method in ("dual", "ed"):
+        for seed in (0, 1):
+            rows += [{"method": method, "seed": seed, "metric": "r2", "value": 0.1 * seed + 0.3,
+                      "run": f"{method}-{seed}"},
+                     {"method": "classical", "seed": seed, "metric": "r2", "value": 0.5 + seed,
+                      "run": f"{method}-{seed}"}]
+    # another setting (not a column) gives other values: those rows are all kept
+    rows.append({"method": "classical", "seed": 0, "metric": "r2", "value": 0.9, "run": "x"})
+    tidy = once_per_seed(pd.DataFrame(rows))
+    counts = tidy.groupby("method").size()
+    assert counts["classical"] == 3 and counts["dual"] == 2 and counts["ed"] == 2
+    table = mean_sd(tidy[tidy["method"] == "classical"], ["metric"], ["method"])
+    assert "(3)" in table.iloc[0, 0]

@@ -102,3 +102,19 @@ def test_the_paper_stage_defaults_are_the_papers() -> None:
 def test_unknown_method_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="method"):
         PROFILE.stage_config("align", method="triple")
+
+
+def test_a_folder_with_a_stage_of_other_settings_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from ecgcmr.config import get_profile
+    from ecgcmr.pretrain import _check_same_stage, ecg_encoder_for
+
+    cfg = get_profile("tiny").stage_config("align", seed=0, method="dual")
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_json()))
+    _check_same_stage(tmp_path, cfg)                     # same settings: fine
+    other = get_profile("tiny").stage_config("align", seed=0, method="ed")
+    with pytest.raises(ValueError, match="other settings.*method.*another run folder"):
+        _check_same_stage(tmp_path, other)
+    with pytest.raises(ValueError, match="ecg_only.*no stage B"):
+        ecg_encoder_for("ecg_only", seed=0, size="tiny", ecg_kind="cnn", stage_b=None)

@@ -37,7 +37,25 @@ def collect(results: str | Path, table: str) -> pd.DataFrame:
     if not frames:
         raise DataError(f"no run has tables/{table}.csv yet; run the notebook that writes it",
                         path=results)
-    return pd.concat(frames, ignore_index=True)
+    return once_per_seed(pd.concat(frames, ignore_index=True))
+
+
+#: Columns of a tidy table that hold a measurement rather than say what was measured.
+VALUE_COLUMNS: tuple[str, ...] = ("value", "ci_low", "ci_high", "n", "n_cases", "n_controls",
+                                  "n_events", "note", "run")
+
+
+def once_per_seed(tidy: pd.DataFrame) -> pd.DataFrame:
+    """A tidy metric table with each measurement once: a baseline that every run of a grid
+    recomputes identically (the classical ECG measurements: same cache, same seed) would
+    otherwise count once per method and shrink its sd. Only rows equal in every column but
+    ``run`` are merged, so runs that differ in a setting the table does not name (e.g. a grid
+    over ``notch_hz``) keep all their rows. Tables without ``metric``/``value`` are returned
+    as they are."""
+    if not {"metric", "value"} <= set(tidy.columns):
+        return tidy
+    return tidy.drop_duplicates(subset=[c for c in tidy.columns if c != "run"]
+                                ).reset_index(drop=True)
 
 
 def mean_sd(tidy: pd.DataFrame, rows: list[str], columns: list[str],
