@@ -1,0 +1,292 @@
+"""Training step breakdown per stage: data wait / forward / backward / optimiser, FLOPs and MFU.
+
+    python benchmarks/train_step.py --profile tiny [--steps 10] [--cache DIR] [--compile]
+
+For each pretraining stage (A ``cmr``, B ``ecg``, C ``align``) runs the step of
+``ecgcmr.train.fit`` (bf16 autocast on CUDA, AdamW) and times its four parts separately; on
+CUDA each part is bracketed by ``torch.cuda.synchronize()`` so the time is the device's, on
+CPU it is wall clock. Model FLOPs per sample come from ``torch.utils.flop_counter`` (matmul,
+convolution and attention only: element-wise ops are not counted, as is usual for MFU).
+Achieved FLOP/s = forward+backward FLOPs of a step / median step time (data wait included);
+MFU = achieved / the device's peak dense bf16 FLOP/s (table below; unknown device: none).
+
+Data: real batches from a preprocessing cache with ``--cache`` (``PairedDataset`` through a
+``DataLoader``, as training reads them), else random tensors made once on the host and copied
+to the device every step (the data wait is then the host->device copy only).
+Writes benchmarks/results/train_step-<profile>-<cpu|gpu>.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from ecgcmr.config import Profile, get_profile
+from ecgcmr.constants import ECG_N_SAMPLES, PHENOTYPES
+from ecgcmr.models import build_cmr_encoder, build_ecg_encoder
+from ecgcmr.train import AlignTask, CmrRegressionTask, EcgMaeTask, EpochSampler, Task, pick_device
+
+STAGE_NAMES = {"cmr": "A", "ecg": "B", "align": "C"}
+
+# Peak dense (no 2:4 sparsity) bf16 tensor-core FLOP/s, from NVIDIA's datasheets:
+#   H100 SXM 989.4 TFLOP/s, H100 PCIe 756 TFLOP/s — "NVIDIA H100 Tensor Core GPU" datasheet
+#     (nvidia.com/en-us/data-center/h100/; the table's 1,979 / 1,513 are "with sparsity")
+#   H200 (SXM) 989 TFLOP/s — "NVIDIA H200 Tensor Core GPU" datasheet (nvidia.com/en-us/
+#     data-center/h200/; 1,979 with sparsity)
+#   A100 312 TFLOP/s — "NVIDIA A100 Tensor Core GPU" datasheet (624 with sparsity)
+# Checked in order, so "H100 PCIe" matches before the generic H100 (= SXM, e.g. "H100 80GB HBM3").
+PEAK_BF16_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
+    (("H100", "PCIE"), 756.0),
+    (("H200",), 989.0),
+    (("H100", "HBM3"), 989.4),
+    (("H100", "SXM"), 989.4),
+    (("A100",), 312.0),
+)
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """Peak dense bf16 TFLOP/s of a CUDA device by name; None when it is not in the table."""
+    name = device_name.upper()
+    for keys, tflops in PEAK_BF16_TFLOPS:
+        if all(k in name for k in keys):
+            return tflops
+    return None
+
+
+def describe_device(dev: torch.device) -> str:
+    """One line: device name, torch version, CPU thread count (printed by every benchmark)."""
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return f"device: {name} ({dev}) | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def device_label(dev: torch.device) -> str:
+    """The CSV file-name suffix, as pretrain_throughput.py uses it."""
+    return "gpu" if dev.type == "cuda" else "cpu"
+
+
+def sync(dev: torch.device) -> None:
+    """Wait for the device, so a wall-clock interval covers the work queued in it."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+# --------------------------------------------------------------------------- tasks and data
+def build_task(stage: str, profile: Profile, target_mean: torch.Tensor | None = None,
+               target_std: torch.Tensor | None = None) -> Task:
+    """The stage's Task at the profile's model size, freshly initialised (as in fit)."""
+    cfg = profile.stage_config(stage)
+    if stage == "cmr":
+        k = len(cfg.targets)
+        mean = torch.zeros(k) if target_mean is None else target_mean
+        std = torch.ones(k) if target_std is None else target_std
+        return CmrRegressionTask(cfg, profile.cmr_shape[0], mean, std)
+    if stage == "ecg":
+        return EcgMaeTask(cfg)
+    cmr = {p: build_cmr_encoder(profile.model_size, n_slices=profile.cmr_shape[0])
+           for p in ("ed", "es")}
+    return AlignTask(cfg, build_ecg_encoder(cfg.ecg_encoder, profile.model_size), cmr)
+
+
+def random_batch(stage: str, profile: Profile, batch: int) -> list[torch.Tensor]:
+    """Host tensors shaped like the stage's DataLoader batches."""
+    g = torch.Generator().manual_seed(0)
+    vol = (batch, 1, *profile.cmr_shape)
+    if stage == "cmr":
+        return [torch.rand(vol, generator=g), torch.randn(batch, len(PHENOTYPES), generator=g)]
+    ecg = torch.randn(batch, 12, ECG_N_SAMPLES, generator=g)
+    if stage == "ecg":
+        return [ecg]
+    return [ecg, torch.rand(vol, generator=g), torch.rand(vol, generator=g)]
+
+
+def _target_stats(ds) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """Train-split standardisation of the targets, NaN-aware (as the stage A notebook does)."""
+    values = ds.subjects[list(ds.targets)].to_numpy(np.float64)
+    mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+    return torch.tensor(np.nan_to_num(mean)), torch.tensor(np.where(std > 0, std, 1.0))
+
+
+def cache_batches(stage: str, profile: Profile, cache: str, batch: int, workers: int,
+                  dev: torch.device) -> tuple[Iterator[list[torch.Tensor]], tuple | None]:
+    """Endless real batches of the stage's fields (epoch after epoch), plus target stats."""
+    from ecgcmr.data.dataset import Augment, PairedDataset  # torch-only import kept local
+
+    cfg = profile.stage_config(stage)
+    fields, targets = {"cmr": ((f"cmr_{cfg.phase}",), cfg.targets), "ecg": (("ecg",), ()),
+                       "align": (("ecg", "cmr_ed", "cmr_es"), ())}[stage]
+    ds = PairedDataset(cache, "train", augment=Augment() if cfg.augment else None,
+                       targets=targets, fields=fields)
+    sampler = EpochSampler(len(ds), cfg.seed, batch_size=batch)
+    if len(sampler) == 0:
+        raise SystemExit(f"cache train split has {len(ds)} subjects: fewer than a batch of {batch}")
+    loader = DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=True,
+                        num_workers=workers, pin_memory=dev.type == "cuda",
+                        persistent_workers=workers > 0)
+
+    def endless() -> Iterator[list[torch.Tensor]]:
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            ds.set_epoch(epoch)
+            yield from loader
+
+    return endless(), (_target_stats(ds) if targets else None)
+
+
+# --------------------------------------------------------------------------- measurement
+def count_flops(task: Task, batch: list[torch.Tensor], dev: torch.device) -> tuple[int, int]:
+    """(forward FLOPs, forward+backward FLOPs) of one step on ``batch``."""
+    gen = torch.Generator(device=dev).manual_seed(0)
+    with FlopCounterMode(display=False) as fwd, _autocast(dev):
+        loss, _ = task(batch, gen)
+    with FlopCounterMode(display=False) as bwd:
+        loss.backward()
+    task.zero_grad(set_to_none=True)
+    return fwd.get_total_flops(), fwd.get_total_flops() + bwd.get_total_flops()
+
+
+def _autocast(dev: torch.device) -> contextlib.AbstractContextManager:
+    # what fit() does: bf16 autocast on CUDA, full fp32 on CPU
+    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" \
+        else contextlib.nullcontext()
+
+
+def timed_steps(net: Callable, task: Task, batches: Iterator[list[torch.Tensor]],
+                dev: torch.device, steps: int, warmup: int) -> tuple[dict[str, float], float]:
+    """Median seconds of each part over ``steps`` steps after ``warmup``; and the first step's
+    total time (which holds torch.compile's compilation when ``net`` is compiled)."""
+    opt = torch.optim.AdamW(task.trainable_parameters(), lr=1e-4, betas=(0.9, 0.95))
+    parts: dict[str, list[float]] = {k: [] for k in ("data", "forward", "backward", "optim")}
+    first = math.nan
+    for i in range(warmup + steps):
+        gen = torch.Generator(device=dev).manual_seed(i)
+        sync(dev)
+        t0 = time.perf_counter()
+        batch = [b.to(dev, non_blocking=True) for b in next(batches)]
+        sync(dev)
+        t1 = time.perf_counter()
+        with _autocast(dev):
+            loss, _ = net(batch, gen)
+        sync(dev)
+        t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync(dev)
+        t3 = time.perf_counter()
+        opt.step()
+        task.after_step()
+        sync(dev)
+        t4 = time.perf_counter()
+        if i == 0:
+            first = t4 - t0
+        if i >= warmup:
+            for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                parts[k].append(v)
+    med = {k: float(np.median(v)) for k, v in parts.items()}
+    med["step"] = float(np.median([sum(p) for p in zip(*parts.values(), strict=True)]))
+    return med, first
+
+
+def measure(stage: str, profile: Profile, dev: torch.device, args: argparse.Namespace,
+            compiled: bool) -> dict[str, object]:
+    """One row of the table: a stage, eager or compiled."""
+    torch.manual_seed(0)
+    batch_size = args.batch or profile.batch_size
+    stats = None
+    if args.cache:
+        batches, stats = cache_batches(stage, profile, args.cache, batch_size, args.workers, dev)
+    else:
+        host = random_batch(stage, profile, batch_size)
+        batches = itertools.repeat(host)
+    task = build_task(stage, profile, *(stats or (None, None))).to(dev)
+    task.set_train_mode()
+    fwd, train = count_flops(task, [b.to(dev) for b in next(batches)], dev)
+    net = torch.compile(task) if compiled else task
+    med, first = timed_steps(net, task, batches, dev, args.steps, args.warmup)
+    achieved = train / med["step"]                        # FLOP/s over the whole step
+    peak = _peak_flops(dev, args.cpu_peak_gflops)
+    return {
+        "stage": f"{STAGE_NAMES[stage]} {stage}", "profile": profile.name,
+        "data": "cache" if args.cache else "random", "compiled": compiled,
+        "batch": batch_size, "steps": args.steps,
+        **{f"{k}_ms": round(1000 * v, 2) for k, v in med.items()},
+        "first_step_s": round(first, 2),
+        "samples_per_s": round(batch_size / med["step"], 1),
+        "fwd_gflop_per_sample": round(fwd / batch_size / 1e9, 4),
+        "train_gflop_per_sample": round(train / batch_size / 1e9, 4),
+        "achieved_gflops": round(achieved / 1e9, 2),
+        "peak_gflops": None if peak is None else round(peak / 1e9),
+        "mfu_pct": None if peak is None else round(100 * achieved / peak, 3),
+    }
+
+
+def _peak_flops(dev: torch.device, cpu_peak_gflops: float | None) -> float | None:
+    if dev.type == "cuda":
+        tflops = peak_tflops(torch.cuda.get_device_name(dev))
+        return None if tflops is None else tflops * 1e12
+    return None if cpu_peak_gflops is None else cpu_peak_gflops * 1e9
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="tiny", help="tiny | teaching | paper")
+    parser.add_argument("--stages", default="cmr,ecg,align", help="comma-separated")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per stage")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--batch", type=int, default=0, help="0: the profile's batch size")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache", default=None, help="preprocessing cache (else random data)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (--cache)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run each stage under torch.compile and print the effect")
+    parser.add_argument("--cpu-peak-gflops", type=float, default=None,
+                        help="the CPU's peak FLOP/s (for an MFU on CPU; otherwise unknown)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    return parser.parse_args(argv)
+
+
+def _print_compile_effect(table: pd.DataFrame) -> None:
+    for stage, rows in table.groupby("stage", sort=False):
+        eager, comp = rows[~rows["compiled"]].iloc[0], rows[rows["compiled"]].iloc[0]
+        print(f"torch.compile, stage {stage}: {eager['samples_per_s']} -> "
+              f"{comp['samples_per_s']} samples/s "
+              f"(x{comp['samples_per_s'] / eager['samples_per_s']:.2f}), "
+              f"first step {comp['first_step_s']} s (compilation) vs {eager['first_step_s']} s")
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    args = parse_args(argv)
+    profile = get_profile(args.profile)
+    dev = pick_device(args.device)
+    print(describe_device(dev))
+    print("data:", f"real batches from cache {args.cache} ({args.workers} workers)" if args.cache
+          else "random tensors (made once on the host; data wait = host->device copy)")
+    modes = (False, True) if args.compile else (False,)
+    rows = [measure(s, profile, dev, args, c) for s in args.stages.split(",") for c in modes]
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    if dev.type == "cpu" and args.cpu_peak_gflops is None:
+        print("MFU: CPU peak FLOP/s unknown (pass --cpu-peak-gflops); achieved GFLOP/s only")
+    elif dev.type == "cuda" and table["peak_gflops"].isna().all():
+        print(f"MFU: {torch.cuda.get_device_name(dev)} is not in the peak table; not reported")
+    if args.compile:
+        _print_compile_effect(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / f"train_step-{args.profile}-{device_label(dev)}.csv", index=False)
+    return table
+
+
+if __name__ == "__main__":
+    main()

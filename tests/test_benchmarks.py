@@ -1,0 +1,96 @@
+"""The benchmark scripts run end to end at their smallest settings and write sane CSVs.
+
+Nothing here is timed: the numbers only have to exist and be positive (speed targets live in
+the benchmark output, not in the tests).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():  # noqa: ANN201
+    """Imports a benchmark script by name (they import each other as siblings)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    yield importlib.import_module
+    sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ecgcmr.config import get_profile
+    from ecgcmr.data import build_cache, read_manifest
+
+    out = tmp_path_factory.mktemp("bench") / "cache"
+    build_cache(read_manifest(tiny_cohort), out, get_profile("tiny").cache_spec(), progress=False)
+    return out
+
+
+def _read(out: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(out / f"{name}-tiny-cpu.csv")
+
+
+def _positive(table: pd.DataFrame, columns: list[str]) -> None:
+    assert set(columns) <= set(table.columns), set(columns) - set(table.columns)
+    assert (table[columns] > 0).all().all(), table[columns]
+
+
+def test_preprocessing(bench, tiny_cohort: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    bench("preprocessing").main(["--manifest", str(tiny_cohort), "--n", "4", "--workers", "1",
+                                 "--out", str(tmp_path)])
+    table = _read(tmp_path, "preprocessing")
+    _positive(table, ["records", "median_ms_per_record", "records_per_s",
+                      "records_per_s_per_worker"])
+    assert any(table["part"].str.startswith("ECG chain"))
+    assert any(table["part"].str.startswith("CMR chain"))
+    assert any(table["part"].str.startswith("preprocess_subject"))
+
+
+def test_data_pipeline(bench, tiny_cohort: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    bench("data_pipeline").main(["--manifest", str(tiny_cohort), "--workers", "0,1",
+                                 "--samples", "16", "--out", str(tmp_path)])
+    pipe, raw = _read(tmp_path, "data_pipeline"), _read(tmp_path, "data_pipeline_raw")
+    _positive(pipe, ["samples", "first_batch_s", "samples_per_s", "ceiling_rows_per_s"])
+    assert len(pipe) == 3 * 2 * 2                      # stages x augment x workers
+    _positive(raw, ["rows", "MB", "seconds", "rows_per_s", "MB_per_s"])
+    assert set(raw["order"]) == {"sequential", "random"} and set(raw["pass"]) == {"first", "warm"}
+    assert raw["resident_pct"].dropna().between(0, 100).all()
+
+
+def test_train_step(bench, tiny_cache: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    bench("train_step").main(["--cache", str(tiny_cache), "--steps", "1", "--warmup", "0",
+                              "--batch", "4", "--out", str(tmp_path)])
+    table = _read(tmp_path, "train_step")
+    assert list(table["stage"]) == ["A cmr", "B ecg", "C align"]
+    assert (table["data"] == "cache").all()
+    _positive(table, ["forward_ms", "backward_ms", "optim_ms", "step_ms", "samples_per_s",
+                      "fwd_gflop_per_sample", "train_gflop_per_sample", "achieved_gflops"])
+    assert (table["data_ms"] >= 0).all()
+    assert (table["train_gflop_per_sample"] > table["fwd_gflop_per_sample"]).all()
+    assert table["mfu_pct"].isna().all()               # CPU peak unknown unless given
+
+
+def test_peak_table(bench) -> None:  # noqa: ANN001
+    peak = bench("train_step").peak_tflops
+    assert peak("NVIDIA H100 80GB HBM3") == pytest.approx(989.4)
+    assert peak("NVIDIA H100 PCIe") == 756
+    assert peak("NVIDIA H200") == 989
+    assert peak("NVIDIA A100-SXM4-80GB") == 312
+    assert peak("NVIDIA GeForce RTX 4090") is None
+
+
+def test_memory(bench, tiny_cohort: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    bench("memory").main(["--manifest", str(tiny_cohort), "--stages", "ecg", "--steps", "1",
+                          "--n", "4", "--out", str(tmp_path)])
+    table = _read(tmp_path, "memory")
+    assert list(table["measurement"]) == ["train step B ecg", "build cache", "iterate dataset"]
+    _positive(table, ["baseline_rss_mb", "peak_rss_mb"])
+    assert (table["peak_rss_mb"] >= table["baseline_rss_mb"]).all()
