@@ -89,3 +89,9 @@ def test_a_baseline_every_run_recomputes_counts_once_per_seed(tmp_path: Path) ->
     assert counts["classical"] == 3 and counts["dual"] == 2 and counts["ed"] == 2
     table = mean_sd(tidy[tidy["method"] == "classical"], ["metric"], ["method"])
     assert "(3)" in table.iloc[0, 0]
+
+
+def test_mean_sd_of_a_metric_no_run_could_measure_says_so() -> None:
+    tidy = pd.DataFrame({"method": ["dual", "dual"], "condition": ["mi", "mi"],
+                         "value": [float("nan"), float("nan")]})
+    assert mean_sd(tidy, ["condition"], ["method"]).loc["mi", "dual"] == "— (0)"

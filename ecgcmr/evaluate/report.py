@@ -62,9 +62,15 @@ def mean_sd(tidy: pd.DataFrame, rows: list[str], columns: list[str],
             digits: int = 3) -> pd.DataFrame:
     """A "mean ± sd (n)" table over seeds: one cell per (rows × columns) combination."""
     stats = tidy.groupby(rows + columns, dropna=False)["value"].agg(["mean", "std", "count"])
-    text = stats.apply(lambda r: f"{r['mean']:.{digits}f} ± {0 if pd.isna(r['std']) else r['std']:.{digits}f}"
-                       f" ({int(r['count'])})", axis=1)
+    text = stats.apply(_mean_sd_text, axis=1, digits=digits)
     return text.unstack(columns) if columns else text.to_frame("mean ± sd (n)")
+
+
+def _mean_sd_text(r: pd.Series, digits: int) -> str:
+    if r["count"] == 0:     # no run could measure it (e.g. too few cases of a condition)
+        return "— (0)"
+    sd = 0.0 if pd.isna(r["std"]) else r["std"]
+    return f"{r['mean']:.{digits}f} ± {sd:.{digits}f} ({int(r['count'])})"
 
 
 def has_table(results: str | Path, table: str) -> bool:
