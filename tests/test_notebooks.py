@@ -60,6 +60,15 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     assert list(a["subject_id"]) == list(b["subject_id"])
     assert not a.filter(regex="^e").equals(b.filter(regex="^e"))
     assert "method: es" in (other / "params.yaml").read_text()
+    # what a grid ends with: notebook 05 over every run of the folder, into overview/
+    from ecgcmr.runs import _overview
+
+    _overview(tmp_path, params, keys=[])
+    overview = tmp_path / "overview"
+    assert json.loads((overview / "status.json").read_text()) == {"05_figures.ipynb": "done"}
+    table = pd.read_csv(overview / "tables" / "05_phenotypes_overview.csv")
+    assert {"dual", "classical"} <= set(table.columns)
+    assert broken_links(overview / "index.html") == []
 
 
 def test_notebooks_declare_parameters_and_are_clean() -> None:
