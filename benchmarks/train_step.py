@@ -1,6 +1,7 @@
 """Training step breakdown per stage: data wait / forward / backward / optimiser, FLOPs and MFU.
 
-    python benchmarks/train_step.py --profile tiny [--steps 10] [--cache DIR] [--compile]
+    python benchmarks/train_step.py --profile tiny [--steps 10] [--cache DIR]
+        [--modes eager,channels_last,compile]
 
 For each pretraining stage (A ``cmr``, B ``ecg``, C ``align``) runs the step of
 ``ecgcmr.train.fit`` (bf16 autocast on CUDA, AdamW) and times its four parts separately; on
@@ -9,6 +10,8 @@ CPU it is wall clock. Model FLOPs per sample come from ``torch.utils.flop_counte
 convolution and attention only: element-wise ops are not counted, as is usual for MFU).
 Achieved FLOP/s = forward+backward FLOPs of a step / median step time (data wait included);
 MFU = achieved / the device's peak dense bf16 FLOP/s (table below; unknown device: none).
+Modes (``fit``'s speed options): ``eager``; ``channels_last`` (3D convolutions and volumes in
+``torch.channels_last_3d``); ``compile`` (``torch.compile``, first step = compilation).
 
 Data: real batches from a preprocessing cache with ``--cache`` (``PairedDataset`` through a
 ``DataLoader``, as training reads them), else random tensors made once on the host and copied
@@ -35,7 +38,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from ecgcmr.config import Profile, get_profile
 from ecgcmr.constants import ECG_N_SAMPLES, PHENOTYPES
 from ecgcmr.models import build_cmr_encoder, build_ecg_encoder
-from ecgcmr.train import AlignTask, CmrRegressionTask, EcgMaeTask, EpochSampler, Task, pick_device
+from ecgcmr.train import (
+    AlignTask,
+    CmrRegressionTask,
+    EcgMaeTask,
+    EpochSampler,
+    Task,
+    pick_device,
+    to_device,
+)
 
 STAGE_NAMES = {"cmr": "A", "ecg": "B", "align": "C"}
 
@@ -162,7 +173,8 @@ def _autocast(dev: torch.device) -> contextlib.AbstractContextManager:
 
 
 def timed_steps(net: Callable, task: Task, batches: Iterator[list[torch.Tensor]],
-                dev: torch.device, steps: int, warmup: int) -> tuple[dict[str, float], float]:
+                dev: torch.device, steps: int, warmup: int,
+                channels_last: bool = False) -> tuple[dict[str, float], float]:
     """Median seconds of each part over ``steps`` steps after ``warmup``; and the first step's
     total time (which holds torch.compile's compilation when ``net`` is compiled)."""
     opt = torch.optim.AdamW(task.trainable_parameters(), lr=1e-4, betas=(0.9, 0.95))
@@ -172,7 +184,7 @@ def timed_steps(net: Callable, task: Task, batches: Iterator[list[torch.Tensor]]
         gen = torch.Generator(device=dev).manual_seed(i)
         sync(dev)
         t0 = time.perf_counter()
-        batch = [b.to(dev, non_blocking=True) for b in next(batches)]
+        batch = to_device(next(batches), dev, channels_last)
         sync(dev)
         t1 = time.perf_counter()
         with _autocast(dev):
@@ -197,9 +209,12 @@ def timed_steps(net: Callable, task: Task, batches: Iterator[list[torch.Tensor]]
     return med, first
 
 
+MODES = ("eager", "channels_last", "compile")
+
+
 def measure(stage: str, profile: Profile, dev: torch.device, args: argparse.Namespace,
-            compiled: bool) -> dict[str, object]:
-    """One row of the table: a stage, eager or compiled."""
+            mode: str) -> dict[str, object]:
+    """One row of the table: a stage in one of ``MODES``."""
     torch.manual_seed(0)
     batch_size = args.batch or profile.batch_size
     stats = None
@@ -210,14 +225,17 @@ def measure(stage: str, profile: Profile, dev: torch.device, args: argparse.Name
         batches = itertools.repeat(host)
     task = build_task(stage, profile, *(stats or (None, None))).to(dev)
     task.set_train_mode()
-    fwd, train = count_flops(task, [b.to(dev) for b in next(batches)], dev)
-    net = torch.compile(task) if compiled else task
-    med, first = timed_steps(net, task, batches, dev, args.steps, args.warmup)
+    channels_last = mode == "channels_last"
+    if channels_last:
+        task.to(memory_format=torch.channels_last_3d)
+    fwd, train = count_flops(task, to_device(next(batches), dev, channels_last), dev)
+    net = torch.compile(task) if mode == "compile" else task
+    med, first = timed_steps(net, task, batches, dev, args.steps, args.warmup, channels_last)
     achieved = train / med["step"]                        # FLOP/s over the whole step
     peak = _peak_flops(dev, args.cpu_peak_gflops)
     return {
         "stage": f"{STAGE_NAMES[stage]} {stage}", "profile": profile.name,
-        "data": "cache" if args.cache else "random", "compiled": compiled,
+        "data": "cache" if args.cache else "random", "mode": mode,
         "batch": batch_size, "steps": args.steps,
         **{f"{k}_ms": round(1000 * v, 2) for k, v in med.items()},
         "first_step_s": round(first, 2),
@@ -248,21 +266,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache", default=None, help="preprocessing cache (else random data)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (--cache)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also run each stage under torch.compile and print the effect")
+    parser.add_argument("--modes", default="eager",
+                        help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--compile", action="store_true", help="same as adding 'compile' to --modes")
     parser.add_argument("--cpu-peak-gflops", type=float, default=None,
                         help="the CPU's peak FLOP/s (for an MFU on CPU; otherwise unknown)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     return parser.parse_args(argv)
 
 
-def _print_compile_effect(table: pd.DataFrame) -> None:
+def _print_mode_effects(table: pd.DataFrame) -> None:
     for stage, rows in table.groupby("stage", sort=False):
-        eager, comp = rows[~rows["compiled"]].iloc[0], rows[rows["compiled"]].iloc[0]
-        print(f"torch.compile, stage {stage}: {eager['samples_per_s']} -> "
-              f"{comp['samples_per_s']} samples/s "
-              f"(x{comp['samples_per_s'] / eager['samples_per_s']:.2f}), "
-              f"first step {comp['first_step_s']} s (compilation) vs {eager['first_step_s']} s")
+        by_mode = rows.set_index("mode")
+        if "eager" not in by_mode.index:
+            continue
+        eager = by_mode.loc["eager"]
+        for mode, row in by_mode.drop(index="eager").iterrows():
+            print(f"{mode}, stage {stage}: {eager['samples_per_s']} -> "
+                  f"{row['samples_per_s']} samples/s "
+                  f"(x{row['samples_per_s'] / eager['samples_per_s']:.2f}), first step "
+                  f"{row['first_step_s']} s vs {eager['first_step_s']} s eager")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -272,16 +295,19 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(describe_device(dev))
     print("data:", f"real batches from cache {args.cache} ({args.workers} workers)" if args.cache
           else "random tensors (made once on the host; data wait = host->device copy)")
-    modes = (False, True) if args.compile else (False,)
-    rows = [measure(s, profile, dev, args, c) for s in args.stages.split(",") for c in modes]
+    modes = args.modes.split(",") + (["compile"] if args.compile else [])
+    modes = list(dict.fromkeys(modes))
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
+    rows = [measure(s, profile, dev, args, m) for s in args.stages.split(",") for m in modes]
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     if dev.type == "cpu" and args.cpu_peak_gflops is None:
         print("MFU: CPU peak FLOP/s unknown (pass --cpu-peak-gflops); achieved GFLOP/s only")
     elif dev.type == "cuda" and table["peak_gflops"].isna().all():
         print(f"MFU: {torch.cuda.get_device_name(dev)} is not in the peak table; not reported")
-    if args.compile:
-        _print_compile_effect(table)
+    _print_mode_effects(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / f"train_step-{args.profile}-{device_label(dev)}.csv", index=False)

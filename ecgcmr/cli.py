@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels_last_3d layout for the 3D convolutions (GPU speed option)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("embed", help="frozen ECG embeddings of every subject -> parquet")
@@ -151,7 +154,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         init = {k: v for k, v in (("ed", args.init_ed), ("es", args.init_es),
                                   ("ecg", args.init_ecg)) if v is not None}
         result = train_stage(cache, cfg, out, init=init, resume=not args.no_resume,
-                             device=args.device, num_workers=args.num_workers)
+                             device=args.device, num_workers=args.num_workers,
+                             channels_last=args.channels_last, compile_model=args.compile)
         if dist.is_main():
             print(f"{args.stage}: best validation loss {result.best_val_loss:.4f} at epoch "
                   f"{result.best_epoch + 1}; checkpoint {result.out_dir / 'best.pt'}")

@@ -323,6 +323,17 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def to_device(batch: Sequence[torch.Tensor], dev: torch.device,
+              channels_last: bool = False) -> list[torch.Tensor]:
+    """A DataLoader batch on ``dev`` (asynchronously from pinned memory); with
+    ``channels_last`` the 5-D CMR volumes are laid out as ``torch.channels_last_3d``."""
+    moved = [b.to(dev, non_blocking=True) for b in batch]
+    if channels_last:
+        moved = [b.contiguous(memory_format=torch.channels_last_3d) if b.ndim == 5 else b
+                 for b in moved]
+    return moved
+
+
 # --------------------------------------------------------------------------- the loop
 @dataclass
 class FitResult:
@@ -345,8 +356,15 @@ def fit(
     device: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    channels_last: bool = False,
+    compile_model: bool = False,
 ) -> FitResult:
     """Train ``task`` with the loop described in the module docstring.
+
+    ``channels_last`` stores the 3D convolutions' weights and the CMR volumes channels-last
+    (``torch.channels_last_3d``: cuDNN's fast layout on GPUs); ``compile_model`` runs the
+    training step through ``torch.compile``. Both are speed options with no effect on the
+    method; benchmarks/train_step.py measures each.
 
     Writes to ``out_dir``: ``config.json``, ``last.pt`` (resume point), ``best.pt`` (weights of
     the best validation epoch + config), ``steps.csv`` and ``epochs.csv``. Returns with the best
@@ -358,8 +376,12 @@ def fit(
     dist.seed_everything(cfg.seed)
     opt_cfg = cfg.optim
     task.to(dev)
+    if channels_last:
+        task.to(memory_format=torch.channels_last_3d)
     net = (DistributedDataParallel(task, device_ids=[dev.index] if dev.type == "cuda" else None)
            if dist.is_distributed() else task)
+    if compile_model:
+        net = torch.compile(net)
     per_rank_batch = max(2, opt_cfg.batch_size // dist.world_size())
     sampler = EpochSampler(len(train_ds), cfg.seed, batch_size=per_rank_batch)
     if len(sampler) == 0:
@@ -411,7 +433,7 @@ def fit(
             lr = lr_at(step, total_steps, warmup_steps, opt_cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = [b.to(dev, non_blocking=True) for b in batch]
+            batch = to_device(batch, dev, channels_last)
             gen = torch.Generator(device=dev).manual_seed(
                 (cfg.seed * 1_000_003 + step) * 64 + dist.rank())
             with autocast:
