@@ -43,12 +43,15 @@ from ecgcmr.train import (
     CmrRegressionTask,
     EcgMaeTask,
     EpochSampler,
+    OptimConfig,
     Task,
+    compile_blocks,
+    make_optimizer,
     pick_device,
     to_device,
 )
 
-STAGE_NAMES = {"cmr": "A", "ecg": "B", "align": "C"}
+STAGE_NAMES = {"cmr": "A", "ecg": "B", "align": "C", "ecg_encoder": "-"}
 
 # Peak dense (no 2:4 sparsity) bf16 tensor-core FLOP/s, from NVIDIA's datasheets:
 #   H100 SXM 989.4 TFLOP/s, H100 PCIe 756 TFLOP/s — "NVIDIA H100 Tensor Core GPU" datasheet
@@ -93,9 +96,26 @@ def sync(dev: torch.device) -> None:
 
 
 # --------------------------------------------------------------------------- tasks and data
+class EncoderOnlyTask(Task):
+    """The ECG ViT alone on all 600 tokens (no masking, no heads): the encoder's own MFU.
+    Its loss (mean square of the embedding) is only there to have something to backprop."""
+
+    fields = ("ecg",)
+
+    def __init__(self, profile: Profile) -> None:
+        super().__init__()
+        self.encoder = build_ecg_encoder("vit", profile.model_size)
+
+    def forward(self, batch, generator=None):  # noqa: ANN001, ANN201
+        loss = self.encoder(batch[0]).float().pow(2).mean()
+        return loss, {}
+
+
 def build_task(stage: str, profile: Profile, target_mean: torch.Tensor | None = None,
                target_std: torch.Tensor | None = None) -> Task:
     """The stage's Task at the profile's model size, freshly initialised (as in fit)."""
+    if stage == "ecg_encoder":
+        return EncoderOnlyTask(profile)
     cfg = profile.stage_config(stage)
     if stage == "cmr":
         k = len(cfg.targets)
@@ -116,7 +136,7 @@ def random_batch(stage: str, profile: Profile, batch: int) -> list[torch.Tensor]
     if stage == "cmr":
         return [torch.rand(vol, generator=g), torch.randn(batch, len(PHENOTYPES), generator=g)]
     ecg = torch.randn(batch, 12, ECG_N_SAMPLES, generator=g)
-    if stage == "ecg":
+    if stage in ("ecg", "ecg_encoder"):
         return [ecg]
     return [ecg, torch.rand(vol, generator=g), torch.rand(vol, generator=g)]
 
@@ -133,8 +153,9 @@ def cache_batches(stage: str, profile: Profile, cache: str, batch: int, workers:
     """Endless real batches of the stage's fields (epoch after epoch), plus target stats."""
     from ecgcmr.data.dataset import Augment, PairedDataset  # torch-only import kept local
 
-    cfg = profile.stage_config(stage)
+    cfg = profile.stage_config("ecg" if stage == "ecg_encoder" else stage)
     fields, targets = {"cmr": ((f"cmr_{cfg.phase}",), cfg.targets), "ecg": (("ecg",), ()),
+                       "ecg_encoder": (("ecg",), ()),
                        "align": (("ecg", "cmr_ed", "cmr_es"), ())}[stage]
     ds = PairedDataset(cache, "train", augment=Augment() if cfg.augment else None,
                        targets=targets, fields=fields)
@@ -177,7 +198,7 @@ def timed_steps(net: Callable, task: Task, batches: Iterator[list[torch.Tensor]]
                 channels_last: bool = False) -> tuple[dict[str, float], float]:
     """Median seconds of each part over ``steps`` steps after ``warmup``; and the first step's
     total time (which holds torch.compile's compilation when ``net`` is compiled)."""
-    opt = torch.optim.AdamW(task.trainable_parameters(), lr=1e-4, betas=(0.9, 0.95))
+    opt = make_optimizer(task.trainable_parameters(), OptimConfig(), dev)   # as fit()
     parts: dict[str, list[float]] = {k: [] for k in ("data", "forward", "backward", "optim")}
     first = math.nan
     for i in range(warmup + steps):
@@ -229,7 +250,7 @@ def measure(stage: str, profile: Profile, dev: torch.device, args: argparse.Name
     if channels_last:
         task.to(memory_format=torch.channels_last_3d)
     fwd, train = count_flops(task, to_device(next(batches), dev, channels_last), dev)
-    net = torch.compile(task) if mode == "compile" else task
+    net = compile_blocks(task) if mode == "compile" else task   # what fit(compile_model=True) does
     med, first = timed_steps(net, task, batches, dev, args.steps, args.warmup, channels_last)
     achieved = train / med["step"]                        # FLOP/s over the whole step
     peak = _peak_flops(dev, args.cpu_peak_gflops)
@@ -259,7 +280,8 @@ def _peak_flops(dev: torch.device, cpu_peak_gflops: float | None) -> float | Non
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="tiny", help="tiny | teaching | paper")
-    parser.add_argument("--stages", default="cmr,ecg,align", help="comma-separated")
+    parser.add_argument("--stages", default="cmr,ecg,align",
+                        help="comma-separated; 'ecg_encoder' adds the ECG ViT alone (600 tokens)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per stage")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--batch", type=int, default=0, help="0: the profile's batch size")

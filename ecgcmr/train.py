@@ -56,6 +56,7 @@ from ecgcmr.models import (
     build_cmr_encoder,
     build_ecg_encoder,
 )
+from ecgcmr.models.ecg_vit import Block
 
 STAGES: tuple[str, ...] = ("cmr", "ecg", "align")
 
@@ -315,6 +316,27 @@ def _param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig,
+                   dev: torch.device) -> torch.optim.AdamW:
+    """AdamW over ``params``; on CUDA the fused kernel (one launch for all parameters
+    instead of several per tensor: the optimiser step is ~5 % of a paper-size step)."""
+    return torch.optim.AdamW(_param_groups(params, cfg.weight_decay), lr=cfg.lr,
+                             betas=cfg.betas, fused=dev.type == "cuda")
+
+
+def compile_blocks(task: nn.Module) -> nn.Module:
+    """``torch.compile`` each transformer block and each CMR encoder of ``task`` in place.
+
+    Per block rather than the whole task: the task's forward draws masks and augmentations
+    from a per-step ``torch.Generator``, which would make a whole-task graph recompile
+    every step; the blocks hold nearly all the FLOPs and have fixed shapes.
+    """
+    for module in task.modules():
+        if isinstance(module, (Block, CmrEncoder)):
+            module.compile()
+    return task
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     if requested != "auto":
         return torch.device(requested)
@@ -381,7 +403,7 @@ def fit(
     net = (DistributedDataParallel(task, device_ids=[dev.index] if dev.type == "cuda" else None)
            if dist.is_distributed() else task)
     if compile_model:
-        net = torch.compile(net)
+        compile_blocks(task)
     per_rank_batch = max(2, opt_cfg.batch_size // dist.world_size())
     sampler = EpochSampler(len(train_ds), cfg.seed, batch_size=per_rank_batch)
     if len(sampler) == 0:
@@ -398,8 +420,7 @@ def fit(
     total_steps = steps_per_epoch * opt_cfg.epochs
     warmup_steps = steps_per_epoch * opt_cfg.warmup_epochs
     params = task.trainable_parameters()
-    optimizer = torch.optim.AdamW(_param_groups(params, opt_cfg.weight_decay),
-                                  lr=opt_cfg.lr, betas=opt_cfg.betas)
+    optimizer = make_optimizer(params, opt_cfg, dev)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                 else contextlib.nullcontext())
 
