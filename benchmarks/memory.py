@@ -17,6 +17,12 @@ then grows with N by the *file-backed* part (clean page-cache pages, shared and 
 while the process's own *anonymous* memory should not. On Linux the script therefore samples
 ``RssAnon`` and ``RssFile`` from /proc/self/status (every 5 ms in a thread) besides the total
 peak; elsewhere only the total peak is reported (psutil, if installed, gives the baseline).
+``--stand-in`` scales the cache rows to cohort sizes that real preprocessing would take hours
+to reach on a laptop (``--n 1000,4000,16000``): the manifest repeats a small cohort's subjects
+under new ids and ``preprocess_subject`` is replaced by a stand-in that returns arrays of the
+grid's shape, so those rows measure the cache builder's own memory (manifest, status,
+memory-mapped writes, checkpoints, index) and the dataset's, not preprocessing's (which the
+real rows measure per subject). The rows say ``stand-in``.
 Writes benchmarks/results/memory-<profile>-<cpu|gpu>.csv.
 """
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import multiprocessing
+import shutil
 import sys
 import tempfile
 import threading
@@ -141,21 +148,59 @@ def child_train_step(stage: str, profile_name: str, device: str, steps: int) -> 
                    profile=profile_name, batch=profile.batch_size, **cuda)
 
 
-def child_build(manifest: str, n: int, cache_dir: str, profile_name: str) -> dict:
-    """Peak memory of building the cache of the manifest's first ``n`` subjects."""
+def child_build(manifest: str, n: int, cache_dir: str, profile_name: str,
+                stand_in: bool = False) -> dict:
+    """Peak memory of building the cache of the manifest's first ``n`` subjects (with
+    ``stand_in``, of the builder alone: see the module docstring)."""
     from ecgcmr.config import get_profile
-    from ecgcmr.data import build_cache, read_manifest
+    from ecgcmr.data import build_cache, cache, read_manifest
 
-    records = read_manifest(manifest).head(n)
+    spec = get_profile(profile_name).cache_spec()
+    if stand_in:
+        cache.preprocess_subject = _stand_in_preprocess   # this child process only
+    # the stand-in reads no file, and the replicated rows share files on purpose
+    records = read_manifest(manifest, check_files=not stand_in).head(n)
     baseline = rss_now_mb()
     with PeakSampler() as sampler:
-        build_cache(records, cache_dir, get_profile(profile_name).cache_spec(), workers=1,
-                    progress=False)
-    return _result("build cache", baseline, sampler, profile=profile_name, n_subjects=n,
+        build_cache(records, cache_dir, spec, workers=1, progress=False)
+    return _result("build cache" + (" (stand-in)" if stand_in else ""), baseline, sampler,
+                   profile=profile_name, n_subjects=n,
                    mapped_mb=round(_mapped_mb(cache_dir), 1))
 
 
-def child_iterate(cache_dir: str, n: int, batch: int) -> dict:
+def _stand_in_preprocess(record: dict, spec) -> tuple:  # noqa: ANN001
+    """What ``preprocess_subject`` returns, without reading or computing anything: an ECG
+    and two volumes of the grid's shape, different per subject (seeded by its id)."""
+    import zlib
+
+    import numpy as np
+
+    from ecgcmr.constants import ECG_N_SAMPLES
+
+    rng = np.random.default_rng(zlib.crc32(str(record["subject_id"]).encode()))
+    ecg = rng.standard_normal((12, ECG_N_SAMPLES), dtype=np.float32)
+    ed, es = rng.random((2, *spec.grid.shape), dtype=np.float32)
+    return (ecg, ed, es), []
+
+
+def replicated_manifest(manifest: str, n: int, out: Path) -> Path:
+    """A manifest of ``n`` rows that repeats ``manifest``'s subjects under new ids."""
+    small = pd.read_csv(manifest)
+    reps = -(-n // len(small))
+    big = pd.concat([small] * reps, ignore_index=True).head(n)
+    big["subject_id"] = [f"{sid}-r{i}" for i, sid in enumerate(big["subject_id"])]
+    big = big.drop(columns=[c for c in big.columns if c.endswith("_sha256")])
+    # the repeated rows point at the small cohort's files: keep the paths valid from here
+    root = Path(manifest).resolve().parent
+    for col in [c for c in big.columns if c.endswith("_path")]:
+        big[col] = [str(root / p) if isinstance(p, str) and p else p for p in big[col]]
+    path = out / "manifest.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    big.to_csv(path, index=False)
+    return path
+
+
+def child_iterate(cache_dir: str, n: int, batch: int, label: str = "iterate dataset") -> dict:
     """Peak memory of one pass of a DataLoader over ``n`` subjects of the cache."""
     from torch.utils.data import DataLoader, Subset
 
@@ -168,7 +213,7 @@ def child_iterate(cache_dir: str, n: int, batch: int) -> dict:
     with PeakSampler() as sampler:
         for b in DataLoader(subset, batch_size=batch, num_workers=0):
             seen += len(b[0])
-    return _result("iterate dataset", baseline, sampler, n_subjects=seen, batch=batch,
+    return _result(label, baseline, sampler, n_subjects=seen, batch=batch,
                    mapped_mb=round(_mapped_mb(cache_dir), 1))
 
 
@@ -213,6 +258,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="cohort to cache (else a synthetic one of max(--n) subjects)")
     parser.add_argument("--cache", default=None,
                         help="iterate this existing cache instead of building ones")
+    parser.add_argument("--stand-in", action="store_true",
+                        help="cache rows at large N with a stand-in for preprocessing "
+                             "(see the module docstring)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     return parser.parse_args(argv)
@@ -231,12 +279,19 @@ def cache_rows(args: argparse.Namespace, tmp: Path) -> list[dict]:
     else:
         from preprocessing import default_manifest  # sibling script
 
-        manifest = str(default_manifest(profile, max(ns), tmp / "cohort"))
+        n_real = 8 if args.stand_in else max(ns)
+        manifest = str(default_manifest(profile, n_real, tmp / "cohort"))
+    if args.stand_in:
+        manifest = str(replicated_manifest(manifest, max(ns), tmp / "replicated"))
+    label = " (stand-in)" if args.stand_in else ""
     rows = []
     for n in ns:
         cache_dir = str(tmp / f"cache-{n}")
-        rows.append(in_fresh_process(child_build, manifest, n, cache_dir, args.profile))
-        rows.append(in_fresh_process(child_iterate, cache_dir, n, profile.batch_size))
+        rows.append(in_fresh_process(child_build, manifest, n, cache_dir, args.profile,
+                                     args.stand_in))
+        rows.append(in_fresh_process(child_iterate, cache_dir, n, profile.batch_size,
+                                     "iterate dataset" + label))
+        shutil.rmtree(cache_dir, ignore_errors=True)   # 16,000 subjects' cache is GBs
     return rows
 
 

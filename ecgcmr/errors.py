@@ -29,6 +29,12 @@ class DataError(ValueError):
         self.found = found
         super().__init__(self._message())
 
+    def __reduce__(self) -> tuple:
+        # Exceptions pickle as ``cls(*args)``, which subclasses with other constructors
+        # (ManifestError) cannot take: an error raised in a worker process then surfaced as
+        # a bare BrokenProcessPool. Rebuild from the fields instead.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
     def _message(self) -> str:
         where = []
         if self.subject is not None:
@@ -54,3 +60,11 @@ class DataError(ValueError):
             expected=self.expected,
             found=self.found,
         )
+
+
+def _rebuild(cls: type[DataError], args: tuple, fields: dict) -> DataError:
+    """Unpickle a DataError (or subclass) without calling its constructor."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(fields)
+    return err

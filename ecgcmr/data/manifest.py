@@ -198,10 +198,17 @@ def _shared_files(users: dict[Path, list[str]], column: str) -> list[Problem]:
     problems = []
     for file, sids in users.items():
         if len(set(sids)) > 1:  # a repeated id is reported by _check_ids instead
-            problems += [Problem(sid, column, f"file {file} is also used by subject(s) "
-                                              f"{', '.join(o for o in sids if o != sid)}")
+            problems += [Problem(sid, column, f"file {file} is also used by "
+                                              f"{_some_of([o for o in sids if o != sid])}")
                          for sid in sids]
     return problems
+
+
+def _some_of(sids: list[str], shown: int = 5) -> str:
+    """'subject(s) A, B' or, for many, the first few and how many more (a file shared by
+    thousands of rows must not make a message of millions of characters)."""
+    more = f" and {len(sids) - shown} more" if len(sids) > shown else ""
+    return f"subject(s) {', '.join(sids[:shown])}{more}"
 
 
 def _existing_file(path: Path, column: str) -> Path | None:
