@@ -94,3 +94,28 @@ def test_memory(bench, tiny_cohort: Path, tmp_path: Path) -> None:  # noqa: ANN0
     assert list(table["measurement"]) == ["train step B ecg", "build cache", "iterate dataset"]
     _positive(table, ["baseline_rss_mb", "peak_rss_mb"])
     assert (table["peak_rss_mb"] >= table["baseline_rss_mb"]).all()
+
+
+def test_train_step_modes_and_encoder_alone(bench, tmp_path: Path) -> None:  # noqa: ANN001
+    bench("train_step").main(["--stages", "ecg_encoder,cmr", "--modes", "eager,channels_last",
+                              "--steps", "1", "--warmup", "0", "--batch", "2",
+                              "--out", str(tmp_path)])
+    table = _read(tmp_path, "train_step")
+    assert list(zip(table["stage"], table["mode"], strict=True)) == [
+        ("- ecg_encoder", "eager"), ("- ecg_encoder", "channels_last"),
+        ("A cmr", "eager"), ("A cmr", "channels_last")]
+    _positive(table, ["step_ms", "samples_per_s", "train_gflop_per_sample"])
+    with pytest.raises(SystemExit, match="unknown"):
+        bench("train_step").main(["--modes", "eager,fast", "--out", str(tmp_path)])
+
+
+def test_memory_stand_in_rows(bench, tiny_cohort: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    bench("memory").main(["--manifest", str(tiny_cohort), "--stages", "ecg", "--steps", "1",
+                          "--stand-in", "--n", "20,40", "--out", str(tmp_path)])
+    table = _read(tmp_path, "memory")
+    assert list(table["measurement"]) == ["train step B ecg"] + [
+        "build cache (stand-in)", "iterate dataset (stand-in)"] * 2
+    cache_rows = table.iloc[1:]
+    assert list(cache_rows["n_subjects"]) == [20, 20, 40, 40]
+    # more subjects than the 16-subject cohort: the stand-in rows repeat its files
+    assert (cache_rows["mapped_mb"].iloc[2:].to_numpy() > cache_rows["mapped_mb"].iloc[:2]).all()
