@@ -341,7 +341,14 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested != "auto":
         return torch.device(requested)
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if local_rank >= torch.cuda.device_count():
+            # found on a 1-GPU machine running 2 gloo ranks: cuda:1 failed deep in the step
+            raise RuntimeError(
+                f"LOCAL_RANK {local_rank} has no GPU of its own ({torch.cuda.device_count()} "
+                "visible): start at most one process per GPU (torchrun --nproc-per-node), "
+                "or pass device='cpu' (--device cpu)")
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 

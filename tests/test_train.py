@@ -13,7 +13,16 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ecgcmr.losses import info_nce
-from ecgcmr.train import EpochSampler, OptimConfig, StageConfig, Task, fit, load_stage, lr_at
+from ecgcmr.train import (
+    EpochSampler,
+    OptimConfig,
+    StageConfig,
+    Task,
+    fit,
+    load_stage,
+    lr_at,
+    pick_device,
+)
 
 
 class ToyAlign(Task):
@@ -137,8 +146,9 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         torch.manual_seed(0)
         task = ToyAlign()
+        # gloo is the CPU backend: on a 1-GPU machine "auto" would give rank 1 no device
         fit(task, _cfg(epochs=2), _toy_data(), _toy_data(32, seed=1), Path(out) / "ddp",
-            progress=False)
+            progress=False, device="cpu")
         torch.save(_weights(task), Path(out) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -158,3 +168,14 @@ def test_ddp_on_gloo_keeps_the_ranks_identical(tmp_path: Path) -> None:
 def _seeded_toy() -> ToyAlign:
     torch.manual_seed(0)
     return ToyAlign()
+
+
+def test_pick_device_refuses_a_rank_without_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert pick_device() == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(RuntimeError, match="LOCAL_RANK 1 has no GPU"):
+        pick_device()
+    assert pick_device("cpu") == torch.device("cpu")
