@@ -30,7 +30,13 @@ import torch
 
 from ecgcmr.config import Profile, get_profile
 from ecgcmr.data import read_manifest
-from ecgcmr.data.cache import CacheSpec, _heart_center, preprocess_subject
+from ecgcmr.data.cache import (
+    CacheSpec,
+    _heart_center,
+    limit_blas_threads,
+    one_blas_thread,
+    preprocess_subject,
+)
 from ecgcmr.data.cmr import load_cmr_canonical, to_grid
 from ecgcmr.data.ecg import load_ecg, preprocess_ecg
 from ecgcmr.synth.cohort import generate_cohort
@@ -136,7 +142,7 @@ def serial_rows(records: list[dict], spec: CacheSpec, repeats: int) -> list[dict
 def pool_row(records: list[dict], spec: CacheSpec, workers: int) -> dict[str, object]:
     """preprocess_subject over a process pool (as build_cache runs it), start-up included."""
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=limit_blas_threads) as pool:
         list(pool.map(_subject, records, [spec] * len(records), chunksize=4))
     return _row("preprocess_subject, process pool", workers, None, len(records),
                 time.perf_counter() - t0)
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         records = read_manifest(manifest).head(args.n).to_dict("records")
         print(f"{len(records)} records from {manifest}; grid {spec.grid.shape} "
               f"at {spec.grid.spacing_mm} mm")
-        rows = serial_rows(records, spec, args.repeats)
+        with one_blas_thread():  # as build_cache runs: one BLAS thread per process
+            rows = serial_rows(records, spec, args.repeats)
         rows += [pool_row(records, spec, int(w)) for w in args.workers.split(",")]
     table = pd.DataFrame(rows)
     table.insert(0, "profile", args.profile)

@@ -1,9 +1,14 @@
-"""The one WFDB writer of the converters: a ``(12, n)`` mV array -> ``<out_dir>/<name>.hea/.dat``.
+"""The one WFDB writer (converters and the synthetic cohort): a ``(12, n)`` mV array ->
+``<out_dir>/<name>.hea/.dat``.
 
 Format 16 (16-bit two's complement, little-endian), physical units mV, channels named as
 :data:`ecgcmr.constants.LEADS`, so :func:`ecgcmr.data.ecg.read_ecg` reads every record back.
 The caller chooses the ADC gain (steps per mV): a converter passes its source's own resolution,
 so the source's integer samples are written unchanged and read back exactly.
+
+The files are written directly (numpy for the samples, the header as text): byte for byte what
+``wfdb.wrsamp`` writes for the same digital signal, at a fraction of its cost (``wrsamp``
+validates every field through pandas tables, ~20 ms a record).
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from os import PathLike
 from pathlib import Path
 
 import numpy as np
-import wfdb
 
 from ecgcmr.constants import LEADS
 from ecgcmr.errors import DataError
@@ -52,19 +56,24 @@ def write_wfdb(
     gains = _check_inputs(out, record_name, x, fs, adc_gain_per_mv)
     digital = _to_digital(x, gains, out / record_name)
     out.mkdir(parents=True, exist_ok=True)
-    wfdb.wrsamp(
-        record_name=record_name,
-        fs=_plain_number(fs),
-        units=["mV"] * len(LEADS),
-        sig_name=list(LEADS),
-        d_signal=digital.T,  # (n, 12): wfdb wants samples along axis 0
-        fmt=["16"] * len(LEADS),
-        adc_gain=[float(g) for g in gains],
-        baseline=[0] * len(LEADS),
-        comments=[_one_line(c) for c in comments],
-        write_dir=str(out),
-    )
+    # samples interleaved frame by frame (n, 12), little-endian int16
+    (out / f"{record_name}.dat").write_bytes(np.ascontiguousarray(digital.T, dtype="<i2").tobytes())
+    (out / f"{record_name}.hea").write_text(
+        _header_text(record_name, digital, fs, gains, comments), encoding="utf-8")
     return out / record_name
+
+
+def _header_text(record_name: str, digital: np.ndarray, fs: float, gains: np.ndarray,
+                 comments: Sequence[str]) -> str:
+    """The .hea text, field for field as ``wfdb.wrsamp`` formats it: per signal ``file fmt
+    gain(baseline)/units adc_res adc_zero init_value checksum block_size name``."""
+    checksums = digital.sum(axis=1, dtype=np.int64) % 65536  # WFDB's 16-bit checksum
+    lines = [f"{record_name} {len(LEADS)} {_plain_number(fs)} {digital.shape[1]}"]
+    lines += [f"{record_name}.dat 16 {float(gain)}(0)/mV 16 0 {int(first)} {int(check)} 0 {lead}"
+              for lead, gain, first, check in zip(LEADS, gains, digital[:, 0], checksums,
+                                                  strict=True)]
+    lines += [f"# {_one_line(c)}" for c in comments]
+    return "".join(f"{line}\n" for line in lines)
 
 
 def _check_inputs(

@@ -885,8 +885,12 @@ def _tissue_contrast(spec: SaxSpec, rng: np.random.Generator) -> tuple[np.ndarra
     return heart.astype(np.float32), body.astype(np.float32)
 
 
-#: Voxels evaluated per chunk: small enough that temporaries are recycled by the allocator.
-CHUNK_POINTS = 16384
+#: Voxels per chunk (a few slices): temporaries stay small.
+CHUNK_POINTS = 65536
+#: In-plane voxels per side of the blocks that first decide which voxels each layer surely
+#: covers or misses; only the rest are evaluated voxel by voxel.
+BLOCK_VOXELS = 4
+_BLOCK_SLACK = 1e-3  # margin a block's decision must clear (radius units / mm): >> float32 error
 
 
 def _sample_offsets(n: int) -> np.ndarray:
@@ -982,11 +986,14 @@ def _body_layers(body: _Body) -> tuple[_Layer, ...]:
 
 
 class _Squares:
-    """Squared offsets (x_k - c)² of a point set, computed once per (axis, centre)."""
+    """Squared offsets (x_k - c)² of a point set, computed once per (axis, centre), and the
+    quadric of each ellipsoid, computed once per ellipsoid (painting and the straddling test
+    share them)."""
 
     def __init__(self, coords: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         self.coords = coords
         self._cache: dict[tuple[int, float], np.ndarray] = {}
+        self._quadrics: dict[_Ellipsoid, np.ndarray] = {}
 
     def get(self, axis: int, centre: float) -> np.ndarray:
         key = (axis, centre)
@@ -996,31 +1003,41 @@ class _Squares:
         return self._cache[key]
 
     def quadric(self, e: _Ellipsoid) -> np.ndarray:
-        """sum_k (x_k - c_k)² / a_k² over the bounded axes (float32)."""
-        q: np.ndarray | None = None
-        for k in range(3):
-            a = e.axes[k]
-            if a is None:
-                continue
-            term = self.get(k, e.centre[k]) * np.float32(1.0 / (a * a))
-            q = term if q is None else np.add(q, term, out=q)
-        assert q is not None, "an ellipsoid needs at least one bounded axis"
+        """sum_k (x_k - c_k)² / a_k² over the bounded axes (float32); read-only."""
+        q = self._quadrics.get(e)
+        if q is None:
+            for k in range(3):
+                a = e.axes[k]
+                if a is None:
+                    continue
+                term = self.get(k, e.centre[k]) * np.float32(1.0 / (a * a))
+                q = term if q is None else np.add(q, term, out=q)
+            assert q is not None, "an ellipsoid needs at least one bounded axis"
+            self._quadrics[e] = q
         return q
+
+
+def _layer_mask(layer: _Layer, sq: _Squares) -> np.ndarray | None:
+    """Where ``layer``'s solid is (before ``only_over``); None for a layer of no parts."""
+    coords = sq.coords
+    mask: np.ndarray | None = None
+    for group in layer.groups:
+        inside = functools.reduce(np.logical_or, (sq.quadric(e) <= 1.0 for e in group))
+        mask = inside if mask is None else np.logical_and(mask, inside, out=mask)
+    for hs in layer.half_spaces:
+        side = coords[hs.axis] >= hs.at if hs.above else coords[hs.axis] < hs.at
+        mask = side if mask is None else np.logical_and(mask, side, out=mask)
+    return mask
 
 
 def _paint(layers: tuple[_Layer, ...], coords: tuple[np.ndarray, np.ndarray, np.ndarray]
            ) -> np.ndarray:
-    """Tissue code (uint8) at each point; 0 where no layer is."""
+    """Tissue code (uint8) at each point; 0 where no layer is. The rule, point by point:
+    :func:`_render_layers` gives the same codes while evaluating far fewer points."""
     sq = _Squares(coords)
     tissue = np.zeros(coords[0].shape, dtype=np.uint8)
     for layer in layers:
-        mask: np.ndarray | None = None
-        for group in layer.groups:
-            inside = functools.reduce(np.logical_or, (sq.quadric(e) <= 1.0 for e in group))
-            mask = inside if mask is None else np.logical_and(mask, inside, out=mask)
-        for hs in layer.half_spaces:
-            side = coords[hs.axis] >= hs.at if hs.above else coords[hs.axis] < hs.at
-            mask = side if mask is None else np.logical_and(mask, side, out=mask)
+        mask = _layer_mask(layer, sq)
         if layer.only_over is not None:
             assert mask is not None
             mask &= tissue == layer.only_over
@@ -1028,21 +1045,25 @@ def _paint(layers: tuple[_Layer, ...], coords: tuple[np.ndarray, np.ndarray, np.
     return tissue
 
 
-def _straddling(layers: tuple[_Layer, ...], coords: tuple[np.ndarray, np.ndarray, np.ndarray],
-                half_extent: np.ndarray) -> np.ndarray:
-    """Boolean per voxel centre: might the voxel be partly inside and partly outside a layer?
+def _layer_bounds(layers: tuple[_Layer, ...], sq: _Squares, half_extent: np.ndarray,
+                  slack: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per layer, per voxel centre: (might the voxel reach inside the layer, might it reach
+    outside). A voxel straddles the layer where both hold.
 
     ``half_extent`` (3, 3): rows are the voxel's half-edge vectors in this frame. Conservative
     bounds: a point p + d of the voxel has |sqrt(q(p + d)) - sqrt(q(p))| <= |D d| <=
     sum_j |D v_j| (D = diag(1/a)), and |x_k(p + d) - x_k(p)| <= sum_j |v_jk| for a half-space.
+    ``slack`` widens every reach (radius units for ellipsoids, mm for half-spaces).
     """
-    sq = _Squares(coords)
+    coords = sq.coords
     cache: dict[object, tuple[np.ndarray, np.ndarray]] = {}
 
     def solid(e: _Ellipsoid) -> tuple[np.ndarray, np.ndarray]:  # (maybe inside, maybe outside)
         if e not in cache:
             inv = np.array([0.0 if a is None else 1.0 / a for a in e.axes])
             reach = np.float32(np.linalg.norm(half_extent * inv[None, :], axis=1).sum())
+            if slack:
+                reach = reach + slack
             r = np.sqrt(sq.quadric(e))
             cache[e] = (r - reach <= 1.0, r + reach > 1.0)
         return cache[e]
@@ -1050,13 +1071,15 @@ def _straddling(layers: tuple[_Layer, ...], coords: tuple[np.ndarray, np.ndarray
     def plane(hs: _HalfSpace) -> tuple[np.ndarray, np.ndarray]:
         if hs not in cache:
             reach = np.float32(np.abs(half_extent[:, hs.axis]).sum())
+            if slack:
+                reach = reach + slack
             signed = coords[hs.axis] - np.float32(hs.at)
             if not hs.above:
                 signed = -signed
             cache[hs] = (signed + reach >= 0.0, signed - reach < 0.0)
         return cache[hs]
 
-    near = np.zeros(coords[0].shape, dtype=bool)
+    bounds = []
     for layer in layers:
         parts = [plane(hs) for hs in layer.half_spaces]
         for group in layer.groups:  # a union: maybe inside any, maybe outside all
@@ -1064,10 +1087,96 @@ def _straddling(layers: tuple[_Layer, ...], coords: tuple[np.ndarray, np.ndarray
             parts.append((functools.reduce(np.logical_or, ins),
                           functools.reduce(np.logical_and, outs)))
         # an intersection: maybe inside all, maybe outside any
-        maybe_in = functools.reduce(np.logical_and, (p[0] for p in parts))
-        maybe_out = functools.reduce(np.logical_or, (p[1] for p in parts))
-        near |= maybe_in & maybe_out
-    return near
+        bounds.append((functools.reduce(np.logical_and, (p[0] for p in parts)),
+                       functools.reduce(np.logical_or, (p[1] for p in parts))))
+    return bounds
+
+
+def _voxel_layers(layers: tuple[_Layer, ...], centre: tuple[np.ndarray, ...],
+                  block_centre: tuple[np.ndarray, ...], half_extent: np.ndarray,
+                  block_half_extent: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per layer, per voxel: (inside at the centre, maybe inside, maybe outside), as
+    :func:`_layer_mask` and :func:`_layer_bounds` give them, evaluated voxel by voxel only in
+    the blocks that may straddle the layer.
+
+    ``centre`` holds the voxels block by block (block ``i`` is voxels ``i * B² ...``),
+    ``block_centre`` the blocks' centres. A block's bounds cover every voxel in it
+    (``block_half_extent``: its half-edges; a voxel's centre +- its reach lies within the
+    block's centre +- the block's reach), and a block decides only by a margin
+    (``_BLOCK_SLACK``) far above float32 rounding, so the result equals evaluating every voxel.
+    """
+    per_block = centre[0].size // block_centre[0].size
+    blocks = _layer_bounds(layers, _Squares(block_centre), block_half_extent,  # type: ignore[arg-type]
+                           slack=_BLOCK_SLACK)
+    out = []
+    for layer, (block_in, block_out) in zip(layers, blocks, strict=True):
+        inside = np.repeat(block_in & ~block_out, per_block)
+        maybe_in, maybe_out = np.repeat(block_in, per_block), np.repeat(block_out, per_block)
+        todo = np.flatnonzero(block_in & block_out)
+        if todo.size:
+            todo = (todo[:, None] * per_block + np.arange(per_block)).ravel()
+            sq = _Squares(tuple(c[todo] for c in centre))  # type: ignore[arg-type]
+            inside[todo] = _layer_mask(layer, sq)
+            ((maybe_in[todo], maybe_out[todo]),) = _layer_bounds((layer,), sq, half_extent)
+        out.append((inside, maybe_in, maybe_out))
+    return out
+
+
+def _paint_samples(layers: tuple[_Layer, ...], centres: tuple[np.ndarray, ...],
+                   offsets: np.ndarray, bounds: list[tuple[np.ndarray, np.ndarray]],
+                   samples_half_extent: np.ndarray) -> np.ndarray:
+    """Tissue code ``(S, n)`` at the sub-samples ``centres[k][None, :] + offsets[k][:, None]``
+    of ``n`` voxels: :func:`_paint` of those points, evaluating each layer only in the voxels
+    whose sub-samples may straddle it.
+
+    ``bounds``: per layer, (maybe inside, maybe outside) of each whole voxel. Where a voxel
+    straddles a layer, the bounds are taken again over the box holding its sub-samples only
+    (``samples_half_extent``: its half-edges), with the ``_BLOCK_SLACK`` margin; sub-samples
+    are painted one by one only where that box too straddles the layer. A box that decides
+    does so for every point in it by a margin far above float32 rounding, so the result equals
+    painting every sub-sample with every layer.
+    """
+    # a voxel's sub-samples share one code (``base``) until a layer splits them (``codes``,
+    # one column per voxel: long inner loops for numpy)
+    n = centres[0].size
+    base = np.zeros(n, dtype=np.uint8)
+    split = np.zeros(n, dtype=bool)
+    codes = np.zeros((offsets.shape[1], n), dtype=np.uint8)
+
+    def cover(whole: np.ndarray, layer: _Layer) -> None:  # every sub-sample of ``whole`` inside
+        if layer.only_over is None:
+            base[whole] = layer.tissue
+            split[whole] = False
+            return
+        uniform = whole[~split[whole]]
+        base[uniform[base[uniform] == layer.only_over]] = layer.tissue
+        cols = whole[split[whole]]
+        if cols.size:
+            sub = codes[:, cols]
+            sub[sub == layer.only_over] = layer.tissue
+            codes[:, cols] = sub
+
+    for layer, (maybe_in, maybe_out) in zip(layers, bounds, strict=True):
+        cover(np.flatnonzero(maybe_in & ~maybe_out), layer)
+        part = np.flatnonzero(maybe_in & maybe_out)
+        if not part.size:
+            continue
+        ((box_in, box_out),) = _layer_bounds(
+            (layer,), _Squares(tuple(c[part] for c in centres)),  # type: ignore[arg-type]
+            samples_half_extent, slack=_BLOCK_SLACK)
+        cover(part[box_in & ~box_out], layer)
+        part = part[box_in & box_out]                   # straddles: look at each sub-sample
+        if not part.size:
+            continue
+        points = tuple(c[part][None, :] + offsets[k][:, None] for k, c in enumerate(centres))
+        mask = _layer_mask(layer, _Squares(points))  # type: ignore[arg-type]
+        sub = np.where(split[part][None, :], codes[:, part], base[part][None, :])
+        if layer.only_over is not None:
+            mask &= sub == layer.only_over
+        sub[mask] = layer.tissue
+        codes[:, part] = sub
+        split[part] = True
+    return np.where(split[None, :], codes, base[None, :])
 
 
 def _render_layers(
@@ -1079,8 +1188,10 @@ def _render_layers(
     Every voxel is first evaluated at its centre (on the slice's centre plane); voxels that
     may straddle a surface are then averaged over ``n_inplane**2 x through_plane_samples``
     sub-samples spread over the pixel and the slice thickness (a box slice profile).
-    Slices are processed a few at a time so temporaries stay small and are recycled (fresh
-    large allocations are what costs most here).
+    Each level evaluates a layer only where the level above may straddle it (blocks of
+    voxels -> voxel centres -> sub-samples; see :func:`_voxel_layers`, :func:`_paint_samples`),
+    with the same result as :func:`_paint` at every centre and sub-sample, ~10x fewer points.
+    Slices are processed a few at a time so temporaries stay small.
 
     Returns:
         ``tissue`` (nx, ny, Z) uint8 at the voxel centres, ``frac`` (nx, ny, Z) float32 the
@@ -1091,35 +1202,62 @@ def _render_layers(
     dx, sp = spec.pixel_mm, spec.slice_spacing_mm
     m = frame.T @ pose.rotation                 # stack mm -> frame (columns: stack axes)
     o = frame.T @ (pose.affine[:3, 3] - origin)
-    plane = [(m[k, 0] * (np.arange(xs.start, xs.stop) * dx)[:, None]
-              + m[k, 1] * (np.arange(ys.start, ys.stop) * dx)[None, :] + o[k]).astype(np.float32)
-             for k in range(3)]                                                 # (nx, ny)
+    nx, ny, nz = xs.stop - xs.start, ys.stop - ys.start, pose.shape[2]
+    if nx <= 0 or ny <= 0:  # an empty crop (heart outside the field of view)
+        nx, ny = max(nx, 0), max(ny, 0)
+        return (np.zeros((nx, ny, nz), dtype=np.uint8), np.zeros((nx, ny, nz), dtype=np.float32),
+                np.zeros((nx, ny, nz), dtype=np.float32))
+    # voxels are evaluated block by block (B x B voxels of one slice), the crop padded to
+    # whole blocks; a block's centre may fall between voxels
+    b = BLOCK_VOXELS
+    nbx, nby = -(-nx // b), -(-ny // b)
+    vx = np.arange(xs.start, xs.start + nbx * b) * dx
+    vy = np.arange(ys.start, ys.start + nby * b) * dx
+    plane = [(m[k, 0] * vx[:, None] + m[k, 1] * vy[None, :] + o[k]).astype(np.float32)
+             .reshape(nbx, b, nby, b).transpose(0, 2, 1, 3).ravel()
+             for k in range(3)]                                       # (nbx * nby * b * b,)
+    bx = (np.arange(xs.start, xs.start + nbx * b, b) + (b - 1) / 2) * dx
+    by = (np.arange(ys.start, ys.start + nby * b, b) + (b - 1) / 2) * dx
+    block_plane = [(m[k, 0] * bx[:, None] + m[k, 1] * by[None, :] + o[k]).ravel()
+                   for k in range(3)]                                 # (nbx * nby,)
     half_extent = (m * np.array([dx / 2, dx / 2, spec.slice_thickness_mm / 2])[None, :]).T
+    block_half_extent = (m * np.array([b * dx / 2, b * dx / 2,
+                                       spec.slice_thickness_mm / 2])[None, :]).T
     sub_xy = _sample_offsets(n_inplane) * dx
     sub_z = _sample_offsets(spec.through_plane_samples) * spec.slice_thickness_mm
+    samples_half_extent = (m * np.array([sub_xy.max(), sub_xy.max(), sub_z.max()])[None, :]).T
     sub = np.stack([g.reshape(-1) for g in np.meshgrid(sub_xy, sub_xy, sub_z, indexing="ij")])
     offsets = (m @ sub).astype(np.float32)                                     # (3, S)
 
-    nx, ny, nz = plane[0].shape[0], plane[0].shape[1], pose.shape[2]
     tissue = np.empty((nz, nx, ny), dtype=np.uint8)
     frac = np.empty((nz, nx, ny), dtype=np.float32)
     value = np.empty((nz, nx, ny), dtype=np.float32)
-    step = max(1, CHUNK_POINTS // max(1, nx * ny))
+    step = max(1, CHUNK_POINTS // max(1, plane[0].size))
     for z0 in range(0, nz, step):
         zs = np.arange(z0, min(nz, z0 + step))
-        centre = tuple(plane[k][None] + np.float32(m[k, 2] * sp) * zs[:, None, None].astype(np.float32)
-                       for k in range(3))                                      # (z, nx, ny)
-        t = _paint(layers, centre)  # type: ignore[arg-type]
+        centre = tuple((plane[k][None] + np.float32(m[k, 2] * sp)
+                        * zs[:, None].astype(np.float32)).ravel() for k in range(3))
+        block_centre = tuple((block_plane[k][None] + m[k, 2] * sp * zs[:, None]).ravel()
+                             for k in range(3))
+        layered = _voxel_layers(layers, centre, block_centre, half_extent, block_half_extent)
+        t = np.zeros(centre[0].shape, dtype=np.uint8)  # as _paint: later layers win
+        for layer, (inside, _, _) in zip(layers, layered, strict=True):
+            if layer.only_over is not None:
+                inside = inside & (t == layer.only_over)
+            t[inside] = layer.tissue
         v, f = intensity[t], (t != 0).astype(np.float32)
         if offsets.shape[1] > 1:
-            idx = np.flatnonzero(_straddling(layers, centre, half_extent))  # type: ignore[arg-type]
+            near = functools.reduce(np.logical_or, (i & o for _, i, o in layered))
+            idx = np.flatnonzero(near)
             if idx.size:
-                fine = tuple(c.reshape(-1)[idx][None, :] + offsets[k][:, None]
-                             for k, c in enumerate(centre))                    # (S, n)
-                ft = _paint(layers, fine)  # type: ignore[arg-type]
-                v.reshape(-1)[idx] = intensity[ft].mean(axis=0)
-                f.reshape(-1)[idx] = np.count_nonzero(ft, axis=0) / np.float32(ft.shape[0])
-        tissue[zs], frac[zs], value[zs] = t, f, v
+                ft = _paint_samples(layers, tuple(c[idx] for c in centre), offsets,
+                                    [(i[idx], o[idx]) for _, i, o in layered],
+                                    samples_half_extent)
+                v[idx] = intensity[ft].mean(axis=0)
+                f[idx] = np.count_nonzero(ft, axis=0) / np.float32(ft.shape[0])
+        for out, flat in ((tissue, t), (frac, f), (value, v)):  # blocks -> (z, x, y), uncropped
+            out[zs] = (flat.reshape(len(zs), nbx, nby, b, b).transpose(0, 1, 3, 2, 4)
+                       .reshape(len(zs), nbx * b, nby * b)[:, :nx, :ny])
     return (tissue.transpose(1, 2, 0), frac.transpose(1, 2, 0), value.transpose(1, 2, 0))
 
 
