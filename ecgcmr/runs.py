@@ -153,11 +153,13 @@ def run_series(
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     notebooks = list(notebooks) if notebooks is not None else notebook_series()
     # a parameter is known if any notebook of the series declares it (one --set serves all)
-    declared = {nb.name: set(pm.inspect_notebook(str(nb)))
-                for nb in {*notebooks, *notebook_series()}}
+    inspected = {nb.name: pm.inspect_notebook(str(nb)) for nb in {*notebooks, *notebook_series()}}
+    declared = {name: set(info) for name, info in inspected.items()}
     unknown = set(params) - set().union(*declared.values())
     if unknown:
         raise ValueError(f"no notebook declares the parameter(s) {sorted(unknown)}")
+    params = coerce_flags(params, {k: v["default"] for info in inspected.values()
+                                   for k, v in info.items()})
     result: dict[str, str] = {}
     for nb in notebooks:
         if status.get(nb.name) == "done":
@@ -178,6 +180,24 @@ def run_series(
         status_file.write_text(json.dumps(status, indent=2))
     _render_report(run)
     return result
+
+
+_TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
+
+
+def coerce_flags(params: dict[str, object], defaults: dict[str, str]) -> dict[str, object]:
+    """Parameters whose notebook default is ``True``/``False`` become booleans: from the
+    command line ``use_pretrained=false`` arrives as the string "false", which a notebook's
+    ``if use_pretrained:`` would take as true. Anything that is not a yes/no is refused."""
+    out = dict(params)
+    for key, value in params.items():
+        if defaults.get(key) not in ("True", "False") or isinstance(value, bool):
+            continue
+        text = str(value).strip().lower()
+        if text not in _TRUE | _FALSE:
+            raise ValueError(f"parameter {key} is a yes/no flag (True or False), got {value!r}")
+        out[key] = text in _TRUE
+    return out
 
 
 def _render_report(folder: Path, grid: bool = False) -> None:

@@ -59,3 +59,16 @@ def test_pretrain_and_embed_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["embed", "--checkpoint", str(tmp_path / "C" / "best.pt"), "--out", str(out),
                  *common]) == 0
     assert len(pd.read_parquet(out)) == 24
+
+
+def test_yes_no_parameters_from_the_command_line_become_booleans():
+    from ecgcmr.runs import coerce_flags
+
+    defaults = {"use_pretrained": "False", "finetune_encoder": "False", "seed": "0"}
+    # "false" typed on the command line must not reach `if use_pretrained:` as a true string
+    params = coerce_flags({"use_pretrained": "false", "finetune_encoder": "Yes", "seed": 3},
+                          defaults)
+    assert params == {"use_pretrained": False, "finetune_encoder": True, "seed": 3}
+    assert coerce_flags({"use_pretrained": True}, defaults) == {"use_pretrained": True}
+    with pytest.raises(ValueError, match="use_pretrained is a yes/no flag"):
+        coerce_flags({"use_pretrained": "maybe"}, defaults)
