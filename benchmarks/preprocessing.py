@@ -33,12 +33,11 @@ from ecgcmr.data import read_manifest
 from ecgcmr.data.cache import (
     CacheSpec,
     _heart_center,
-    limit_blas_threads,
-    one_blas_thread,
     preprocess_subject,
 )
 from ecgcmr.data.cmr import load_cmr_canonical, to_grid
 from ecgcmr.data.ecg import load_ecg, preprocess_ecg
+from ecgcmr.parallel import limit_blas_threads, one_blas_thread
 from ecgcmr.synth.cohort import generate_cohort
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ecgcmr.config import get_profile
-from ecgcmr.data.cache import one_blas_thread
 from ecgcmr.data.cmr import load_cmr
+from ecgcmr.parallel import one_blas_thread
 from ecgcmr.synth.cmr import render_cmr
 from ecgcmr.synth.cohort import _generate_one, _write_ecg, _write_nifti
 from ecgcmr.synth.ecg import simulate_ecg

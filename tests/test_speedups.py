@@ -22,7 +22,7 @@ from ecgcmr.constants import LEADS
 from ecgcmr.convert.wfdb_out import write_wfdb
 from ecgcmr.data import cmr as cmr_data
 from ecgcmr.data import ecg as ecg_data
-from ecgcmr.data.cache import one_blas_thread
+from ecgcmr.parallel import one_blas_thread
 from ecgcmr.synth import cmr as render
 from ecgcmr.synth.cohort import _nifti_image, _write_ecg, _write_nifti
 from ecgcmr.synth.ecg import simulate_ecg

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +40,7 @@ from ecgcmr.data.cmr import (
 from ecgcmr.data.ecg import EcgPreprocessing, load_ecg, preprocess_ecg
 from ecgcmr.errors import DataError
 from ecgcmr.files import exclusive, write_text_atomic
+from ecgcmr.parallel import map_subjects
 
 _CHECKPOINT_EVERY = 64  # subjects between progress checkpoints (flush arrays + status)
 _OK = "ok"
@@ -121,7 +119,7 @@ def _build(manifest: pd.DataFrame, root: Path, spec: CacheSpec, workers: int,
     jobs = ((records[i], spec) for i in todo)
     bar = tqdm(total=len(todo), desc="preprocessing", unit="subj", disable=not progress)
     with bar:
-        for k, (i, (result, problems)) in enumerate(zip(todo, _run(jobs, workers), strict=True)):
+        for k, (i, (result, problems)) in enumerate(zip(todo, map_subjects(_preprocess_packed, jobs, workers, chunksize=4), strict=True)):
             sid = records[i]["subject_id"]
             if problems:
                 status[sid] = problems
@@ -134,47 +132,6 @@ def _build(manifest: pd.DataFrame, root: Path, spec: CacheSpec, workers: int,
                 _checkpoint(root, arrays, status)
     _checkpoint(root, arrays, status)
     _write_index(root, manifest, status)
-
-
-def _run(jobs: Iterator[tuple[dict, CacheSpec]], workers: int) -> Iterator[tuple]:
-    if workers <= 1:
-        with one_blas_thread():
-            yield from (_preprocess_packed(job) for job in jobs)
-        return
-    with ProcessPoolExecutor(max_workers=workers, initializer=limit_blas_threads) as pool:
-        yield from pool.map(_preprocess_packed, jobs, chunksize=4)
-
-
-def limit_blas_threads() -> None:
-    """Limit this process's BLAS (OpenBLAS, MKL) to one thread (a pool worker's initializer;
-    a no-op without ``threadpoolctl``, which comes with scikit-learn).
-
-    The data pipelines run one subject at a time per process, one process per core. A BLAS
-    call big enough to be threaded (the ECG simulator's lead-field product, say) leaves its
-    helper threads spinning after it returns, and they take the cores of the other workers:
-    2 workers ran hardly faster than 1. The numbers are unchanged: a threaded product splits
-    its output between threads, not the sums that make each output element.
-    """
-    _blas_limiter()
-
-
-@contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """:func:`limit_blas_threads` for the duration of a ``with`` block (then restored)."""
-    limiter = _blas_limiter()
-    try:
-        yield
-    finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
-
-
-def _blas_limiter():  # noqa: ANN202 - a threadpoolctl.threadpool_limits, or None
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a dependency of scikit-learn
-        return None
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _preprocess_packed(job: tuple[dict, CacheSpec]) -> tuple:

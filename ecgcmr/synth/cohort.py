@@ -23,8 +23,6 @@ import functools
 import json
 import os
 import zlib
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,10 +33,10 @@ from tqdm.auto import tqdm
 
 from ecgcmr.constants import COVARIATES, ECG_FS_HZ
 from ecgcmr.convert.wfdb_out import write_wfdb
-from ecgcmr.data.cache import limit_blas_threads, one_blas_thread
 from ecgcmr.data.manifest import assign_splits, read_manifest
 from ecgcmr.errors import DataError
 from ecgcmr.files import exclusive, write_text_atomic
+from ecgcmr.parallel import map_subjects
 from ecgcmr.synth.cmr import SaxSpec, measure_phenotypes, render_cmr, spacing_from_affine
 from ecgcmr.synth.ecg import simulate_ecg
 from ecgcmr.synth.outcomes import sample_outcomes
@@ -114,20 +112,10 @@ def _generate(out: Path, spec: CohortSpec, workers: int, progress: bool,
     jobs = ((out, spec, i) for i in todo)
     bar = tqdm(total=len(todo), desc="synthetic subjects", unit="subj", disable=not progress)
     with bar:
-        for _ in _run(jobs, workers):
+        # chunks amortise process hand-offs; each subject takes ~0.1 s
+        for _ in map_subjects(_generate_one_packed, jobs, workers, chunksize=8):
             bar.update()
     return write_manifest(out, spec, split)
-
-
-def _run(jobs: Iterator[tuple[Path, CohortSpec, int]], workers: int) -> Iterator[str]:
-    # one BLAS thread per process: see ecgcmr.data.cache.limit_blas_threads
-    if workers <= 1:
-        with one_blas_thread():
-            yield from (_generate_one(*job) for job in jobs)
-        return
-    with ProcessPoolExecutor(max_workers=workers, initializer=limit_blas_threads) as pool:
-        # chunks amortise process hand-offs; each subject takes ~0.1 s
-        yield from pool.map(_generate_one_packed, jobs, chunksize=8)
 
 
 def _generate_one_packed(job: tuple[Path, CohortSpec, int]) -> str:
