@@ -119,7 +119,7 @@ def child_train_step(stage: str, profile_name: str, device: str, steps: int) -> 
     from train_step import build_task, random_batch  # sibling script (benchmarks/ on sys.path)
 
     from ecgcmr.config import get_profile
-    from ecgcmr.train import pick_device
+    from ecgcmr.train import autocast_for, pick_device
 
     profile, dev = get_profile(profile_name), pick_device(device)
     torch.manual_seed(0)
@@ -130,7 +130,7 @@ def child_train_step(stage: str, profile_name: str, device: str, steps: int) -> 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     baseline = rss_now_mb()
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    autocast = autocast_for(dev)
     with PeakSampler() as sampler:
         for i in range(steps):
             batch = [b.to(dev, non_blocking=True) for b in host]

@@ -19,7 +19,7 @@ import torch
 from ecgcmr.config import get_profile
 from ecgcmr.constants import ECG_N_SAMPLES, PHENOTYPES
 from ecgcmr.models import build_cmr_encoder, build_ecg_encoder
-from ecgcmr.train import AlignTask, CmrRegressionTask, EcgMaeTask, pick_device
+from ecgcmr.train import AlignTask, CmrRegressionTask, EcgMaeTask, autocast_for, pick_device
 
 
 def _batch(stage: str, b: int, shape: tuple[int, int, int], dev: torch.device) -> list:
@@ -52,8 +52,7 @@ def measure(stage: str, profile_name: str, steps: int, device: str) -> dict[str,
     task.set_train_mode()
     opt = torch.optim.AdamW(task.trainable_parameters(), lr=1e-4)
     batch = _batch(stage, profile.batch_size, profile.cmr_shape, dev)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" \
-        else torch.autocast("cpu", enabled=False)
+    autocast = autocast_for(dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     times = []
     for i in range(steps + 2):                      # two warm-up steps

@@ -22,7 +22,6 @@ Writes benchmarks/results/train_step-<profile>-<cpu|gpu>.csv.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import math
 import time
@@ -45,6 +44,7 @@ from ecgcmr.train import (
     EpochSampler,
     OptimConfig,
     Task,
+    autocast_for,
     compile_blocks,
     make_optimizer,
     pick_device,
@@ -179,18 +179,12 @@ def cache_batches(stage: str, profile: Profile, cache: str, batch: int, workers:
 def count_flops(task: Task, batch: list[torch.Tensor], dev: torch.device) -> tuple[int, int]:
     """(forward FLOPs, forward+backward FLOPs) of one step on ``batch``."""
     gen = torch.Generator(device=dev).manual_seed(0)
-    with FlopCounterMode(display=False) as fwd, _autocast(dev):
+    with FlopCounterMode(display=False) as fwd, autocast_for(dev):
         loss, _ = task(batch, gen)
     with FlopCounterMode(display=False) as bwd:
         loss.backward()
     task.zero_grad(set_to_none=True)
     return fwd.get_total_flops(), fwd.get_total_flops() + bwd.get_total_flops()
-
-
-def _autocast(dev: torch.device) -> contextlib.AbstractContextManager:
-    # what fit() does: bf16 autocast on CUDA, full fp32 on CPU
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" \
-        else contextlib.nullcontext()
 
 
 def timed_steps(net: Callable, task: Task, batches: Iterator[list[torch.Tensor]],
@@ -208,7 +202,7 @@ def timed_steps(net: Callable, task: Task, batches: Iterator[list[torch.Tensor]]
         batch = to_device(next(batches), dev, channels_last)
         sync(dev)
         t1 = time.perf_counter()
-        with _autocast(dev):
+        with autocast_for(dev):
             loss, _ = net(batch, gen)
         sync(dev)
         t2 = time.perf_counter()

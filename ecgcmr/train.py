@@ -316,6 +316,13 @@ def _param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def autocast_for(dev: torch.device) -> contextlib.AbstractContextManager:
+    """The precision ``fit`` trains in: bf16 autocast on CUDA, plain float32 elsewhere
+    (the losses switch autocast off for themselves). Reusable across steps."""
+    return (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+            else contextlib.nullcontext())
+
+
 def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig,
                    dev: torch.device) -> torch.optim.AdamW:
     """AdamW over ``params``; on CUDA the fused kernel (one launch for all parameters
@@ -428,8 +435,7 @@ def fit(
     warmup_steps = steps_per_epoch * opt_cfg.warmup_epochs
     params = task.trainable_parameters()
     optimizer = make_optimizer(params, opt_cfg, dev)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = autocast_for(dev)
 
     state = {"epoch": 0, "step": 0, "best_val_loss": math.inf, "best_epoch": -1,
              "bad_epochs": 0, "history": []}
