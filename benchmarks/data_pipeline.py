@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from common import describe_device, device_label, save_table  # sibling script
 from torch.utils.data import DataLoader
 
 from ecgcmr.config import Profile, get_profile
@@ -57,11 +58,6 @@ def stage_fields(stage: str, profile: Profile) -> tuple[tuple[str, ...], tuple[s
     if stage == "ecg":
         return ("ecg",), ()
     return ("ecg", "cmr_ed", "cmr_es"), ()
-
-
-def describe_device(dev: torch.device) -> str:
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return f"device: {name} ({dev}) | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
 # --------------------------------------------------------------------------- page cache
@@ -249,11 +245,8 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         table.insert(1, "profile", args.profile)
     print("\nraw read ceiling (memory-mapped float16 rows)\n" + raw.to_string(index=False))
     print("\nDataLoader over PairedDataset (float32 tensors)\n" + pipe.to_string(index=False))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    kind = "gpu" if dev.type == "cuda" else "cpu"
-    pipe.to_csv(out / f"data_pipeline-{args.profile}-{kind}.csv", index=False)
-    raw.to_csv(out / f"data_pipeline_raw-{args.profile}-{kind}.csv", index=False)
+    save_table(pipe, args.out, f"data_pipeline-{args.profile}-{device_label(dev)}")
+    save_table(raw, args.out, f"data_pipeline_raw-{args.profile}-{device_label(dev)}")
     return pipe, raw
 
 

@@ -39,6 +39,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+from common import describe_device, device_label, save_table  # sibling script
 
 STATUS = Path("/proc/self/status")
 STAGES = {"cmr": "A", "ecg": "B", "align": "C"}
@@ -297,14 +298,11 @@ def cache_rows(args: argparse.Namespace, tmp: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
-    import torch
 
     from ecgcmr.train import pick_device
 
     dev = pick_device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(f"device: {name} ({dev}) | torch {torch.__version__} | "
-          f"{torch.get_num_threads()} threads | RSS split from "
+    print(f"{describe_device(dev)} | RSS split from "
           f"{'/proc/self/status' if STATUS.is_file() else 'getrusage only'}")
     rows = [in_fresh_process(child_train_step, s, p, args.device, args.steps)
             for p in (args.step_profiles or args.profile).split(",")
@@ -313,10 +311,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         rows += cache_rows(args, Path(tmp))
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    kind = "gpu" if dev.type == "cuda" else "cpu"
-    table.to_csv(out / f"memory-{args.profile}-{kind}.csv", index=False)
+    save_table(table, args.out, f"memory-{args.profile}-{device_label(dev)}")
     return table
 
 

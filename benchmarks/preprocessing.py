@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from common import save_table  # sibling script
 
 from ecgcmr.config import Profile, get_profile
 from ecgcmr.data import read_manifest
@@ -174,9 +175,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table.insert(0, "profile", args.profile)
     print(table.to_string(index=False))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / f"preprocessing-{args.profile}-cpu.csv", index=False)
+    save_table(table, args.out, f"preprocessing-{args.profile}-cpu")
     return table
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from common import device_label, save_table  # sibling script
 
 from ecgcmr.config import get_profile
 from ecgcmr.constants import ECG_N_SAMPLES, PHENOTYPES
@@ -86,10 +87,8 @@ def main() -> None:
     rows = [measure(s, args.profile, args.steps, args.device) for s in args.stages.split(",")]
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    kind = "gpu" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
-    table.to_csv(out / f"pretrain_throughput-{args.profile}-{kind}.csv", index=False)
+    save_table(table, Path(__file__).parent / "results",
+               f"pretrain_throughput-{args.profile}-{device_label(pick_device(args.device))}")
 
 
 if __name__ == "__main__":

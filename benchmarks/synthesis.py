@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from common import save_table  # sibling script
 
 from ecgcmr.config import get_profile
 from ecgcmr.data.cmr import load_cmr
@@ -81,9 +82,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                                                                         rows.values()]})
     table["profile"] = args.profile
     print(table.to_string(index=False))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / f"synthesis-{args.profile}.csv", index=False)
+    save_table(table, args.out, f"synthesis-{args.profile}")
     return table
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from common import describe_device, device_label, save_table  # sibling script
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -76,17 +77,6 @@ def peak_tflops(device_name: str) -> float | None:
         if all(k in name for k in keys):
             return tflops
     return None
-
-
-def describe_device(dev: torch.device) -> str:
-    """One line: device name, torch version, CPU thread count (printed by every benchmark)."""
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return f"device: {name} ({dev}) | torch {torch.__version__} | {torch.get_num_threads()} threads"
-
-
-def device_label(dev: torch.device) -> str:
-    """The CSV file-name suffix, as pretrain_throughput.py uses it."""
-    return "gpu" if dev.type == "cuda" else "cpu"
 
 
 def sync(dev: torch.device) -> None:
@@ -324,9 +314,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     elif dev.type == "cuda" and table["peak_gflops"].isna().all():
         print(f"MFU: {torch.cuda.get_device_name(dev)} is not in the peak table; not reported")
     _print_mode_effects(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / f"train_step-{args.profile}-{device_label(dev)}.csv", index=False)
+    save_table(table, args.out, f"train_step-{args.profile}-{device_label(dev)}")
     return table
 
 
