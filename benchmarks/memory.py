@@ -120,13 +120,13 @@ def child_train_step(stage: str, profile_name: str, device: str, steps: int) -> 
     from train_step import build_task, random_batch  # sibling script (benchmarks/ on sys.path)
 
     from ecgcmr.config import get_profile
-    from ecgcmr.train import autocast_for, pick_device
+    from ecgcmr.train import OptimConfig, autocast_for, make_optimizer, pick_device, to_device
 
     profile, dev = get_profile(profile_name), pick_device(device)
     torch.manual_seed(0)
     task = build_task(stage, profile).to(dev)
     task.set_train_mode()
-    opt = torch.optim.AdamW(task.trainable_parameters(), lr=1e-4)
+    opt = make_optimizer(task.trainable_parameters(), OptimConfig(), dev)   # as fit()
     host = random_batch(stage, profile, profile.batch_size)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -134,7 +134,7 @@ def child_train_step(stage: str, profile_name: str, device: str, steps: int) -> 
     autocast = autocast_for(dev)
     with PeakSampler() as sampler:
         for i in range(steps):
-            batch = [b.to(dev, non_blocking=True) for b in host]
+            batch = to_device(host, dev)
             with autocast:
                 loss, _ = task(batch, torch.Generator(device=dev).manual_seed(i))
             opt.zero_grad(set_to_none=True)

@@ -20,7 +20,15 @@ from common import device_label, save_table  # sibling script
 from ecgcmr.config import get_profile
 from ecgcmr.constants import ECG_N_SAMPLES, PHENOTYPES
 from ecgcmr.models import build_cmr_encoder, build_ecg_encoder
-from ecgcmr.train import AlignTask, CmrRegressionTask, EcgMaeTask, autocast_for, pick_device
+from ecgcmr.train import (
+    AlignTask,
+    CmrRegressionTask,
+    EcgMaeTask,
+    OptimConfig,
+    autocast_for,
+    make_optimizer,
+    pick_device,
+)
 
 
 def _batch(stage: str, b: int, shape: tuple[int, int, int], dev: torch.device) -> list:
@@ -51,7 +59,7 @@ def measure(stage: str, profile_name: str, steps: int, device: str) -> dict[str,
     torch.manual_seed(0)
     task = _task(stage, profile, dev).to(dev)
     task.set_train_mode()
-    opt = torch.optim.AdamW(task.trainable_parameters(), lr=1e-4)
+    opt = make_optimizer(task.trainable_parameters(), OptimConfig(), dev)   # as fit()
     batch = _batch(stage, profile.batch_size, profile.cmr_shape, dev)
     autocast = autocast_for(dev)
     gen = torch.Generator(device=dev).manual_seed(0)

@@ -153,7 +153,7 @@ class Task(nn.Module):
         self.eval()
         total, n = 0.0, 0
         for batch in loader:
-            batch = [b.to(device, non_blocking=True) for b in batch]
+            batch = to_device(batch, device)
             loss, _ = self(batch, _eval_generator(device))
             total += float(loss) * len(batch[0])
             n += len(batch[0])
@@ -250,7 +250,7 @@ class AlignTask(Task):
         metrics = super().evaluate(loader, device)
         parts: dict[str, list[torch.Tensor]] = {}
         for batch in loader:
-            for key, z in self.embed([b.to(device) for b in batch]).items():
+            for key, z in self.embed(to_device(batch, device)).items():
                 parts.setdefault(key, []).append(z.float().cpu())
         z = {k: torch.cat(v) for k, v in parts.items()}
         for phase in self.cmr.keys():
