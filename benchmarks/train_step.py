@@ -11,7 +11,10 @@ convolution and attention only: element-wise ops are not counted, as is usual fo
 Achieved FLOP/s = forward+backward FLOPs of a step / median step time (data wait included);
 MFU = achieved / the device's peak dense bf16 FLOP/s (table below; unknown device: none).
 Modes (``fit``'s speed options): ``eager``; ``channels_last`` (3D convolutions and volumes in
-``torch.channels_last_3d``); ``compile`` (``torch.compile``, first step = compilation).
+``torch.channels_last_3d``); ``compile`` (``torch.compile``, first step = compilation);
+``trunk_cache`` (stage C only: the frozen CMR trunks' outputs are read from
+``ecgcmr.trunk_cache`` instead of computed; ``setup_s`` is the time to build that cache for the
+whole cohort, once per stage-A checkpoint, and the FLOPs are those the step still does).
 
 Data: real batches from a preprocessing cache with ``--cache`` (``PairedDataset`` through a
 ``DataLoader``, as training reads them), else random tensors made once on the host and copied
@@ -119,10 +122,12 @@ def build_task(stage: str, profile: Profile, target_mean: torch.Tensor | None = 
     return AlignTask(cfg, build_ecg_encoder(cfg.ecg_encoder, profile.model_size), cmr)
 
 
-def random_batch(stage: str, profile: Profile, batch: int) -> list[torch.Tensor]:
-    """Host tensors shaped like the stage's DataLoader batches."""
+def random_batch(stage: str, profile: Profile, batch: int,
+                 trunk: tuple[int, ...] | None = None) -> list[torch.Tensor]:
+    """Host tensors shaped like the stage's DataLoader batches (``trunk``: the shape of a
+    trunk feature, served instead of the volumes in stage C)."""
     g = torch.Generator().manual_seed(0)
-    vol = (batch, 1, *profile.cmr_shape)
+    vol = (batch, 1, *profile.cmr_shape) if trunk is None else (batch, *trunk)
     if stage == "cmr":
         return [torch.rand(vol, generator=g), torch.randn(batch, len(PHENOTYPES), generator=g)]
     ecg = torch.randn(batch, 12, ECG_N_SAMPLES, generator=g)
@@ -139,16 +144,17 @@ def _target_stats(ds) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
 
 
 def cache_batches(stage: str, profile: Profile, cache: str, batch: int, workers: int,
-                  dev: torch.device) -> tuple[Iterator[list[torch.Tensor]], tuple | None]:
+                  dev: torch.device, cmr_trunk: dict[str, np.ndarray] | None = None,
+                  ) -> tuple[Iterator[list[torch.Tensor]], tuple | None]:
     """Endless real batches of the stage's fields (epoch after epoch), plus target stats."""
-    from ecgcmr.data.dataset import Augment, PairedDataset  # torch-only import kept local
+    from ecgcmr.data.dataset import PairedDataset  # torch-only import kept local
 
     cfg = profile.stage_config("ecg" if stage == "ecg_encoder" else stage)
     fields, targets = {"cmr": ((f"cmr_{cfg.phase}",), cfg.targets), "ecg": (("ecg",), ()),
                        "ecg_encoder": (("ecg",), ()),
                        "align": (("ecg", "cmr_ed", "cmr_es"), ())}[stage]
-    ds = PairedDataset(cache, "train", augment=Augment() if cfg.augment else None,
-                       targets=targets, fields=fields)
+    ds = PairedDataset(cache, "train", augment=cfg.augmentation(), targets=targets,
+                       fields=fields, cmr_trunk=cmr_trunk)
     sampler = EpochSampler(len(ds), cfg.seed, batch_size=batch)
     if len(sampler) == 0:
         raise SystemExit(f"cache train split has {len(ds)} subjects: fewer than a batch of {batch}")
@@ -214,21 +220,50 @@ def timed_steps(net: Callable, task: Task, batches: Iterator[list[torch.Tensor]]
     return med, first
 
 
-MODES = ("eager", "channels_last", "compile")
+MODES = ("eager", "channels_last", "compile", "trunk_cache")
+
+
+def trunk_setup(task: AlignTask, profile: Profile, cache: str | None, dev: torch.device,
+                workdir: Path) -> tuple[dict[str, np.ndarray] | None, tuple[int, ...], float]:
+    """Switch ``task`` to cached trunk features: (the cache's features per field or None for
+    random data, the feature shape, seconds to build them)."""
+    from ecgcmr.data.cache import open_cache
+    from ecgcmr.trunk_cache import trunk_features, trunk_shape
+
+    shape = trunk_shape(task.cmr["ed"], profile.cmr_shape)
+    task.cmr_input = "trunk"
+    if cache is None:
+        return None, shape, 0.0
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    features = {}
+    for phase, encoder in task.cmr.items():   # keyed by these (seeded, fresh) weights' bytes
+        weights = workdir / f"trunk_bench_{profile.name}_{phase}.pt"
+        torch.save(encoder.state_dict(), weights)
+        features[f"cmr_{phase}"] = trunk_features(open_cache(cache), phase, encoder, weights,
+                                                   variants=2, device=dev)
+    return features, shape, time.perf_counter() - t0
 
 
 def measure(stage: str, profile: Profile, dev: torch.device, args: argparse.Namespace,
             mode: str) -> dict[str, object]:
     """One row of the table: a stage in one of ``MODES``."""
+    if mode == "trunk_cache" and stage != "align":
+        raise SystemExit("--modes trunk_cache applies to stage align only")
     torch.manual_seed(0)
     batch_size = args.batch or profile.batch_size
     stats = None
+    task = build_task(stage, profile) if stage == "align" else None
+    trunk, trunk_dims, setup = None, None, 0.0
+    if mode == "trunk_cache":
+        trunk, trunk_dims, setup = trunk_setup(task, profile, args.cache, dev, Path(args.out))
     if args.cache:
-        batches, stats = cache_batches(stage, profile, args.cache, batch_size, args.workers, dev)
+        batches, stats = cache_batches(stage, profile, args.cache, batch_size, args.workers, dev,
+                                       trunk)
     else:
-        host = random_batch(stage, profile, batch_size)
+        host = random_batch(stage, profile, batch_size, trunk_dims)
         batches = itertools.repeat(host)
-    task = build_task(stage, profile, *(stats or (None, None))).to(dev)
+    task = (task or build_task(stage, profile, *(stats or (None, None)))).to(dev)
     task.set_train_mode()
     channels_last = mode == "channels_last"
     if channels_last:
@@ -243,7 +278,7 @@ def measure(stage: str, profile: Profile, dev: torch.device, args: argparse.Name
         "data": "cache" if args.cache else "random", "mode": mode,
         "batch": batch_size, "steps": args.steps,
         **{f"{k}_ms": round(1000 * v, 2) for k, v in med.items()},
-        "first_step_s": round(first, 2),
+        "first_step_s": round(first, 2), "setup_s": round(setup, 1),
         "samples_per_s": round(batch_size / med["step"], 1),
         "fwd_gflop_per_sample": round(fwd / batch_size / 1e9, 4),
         "train_gflop_per_sample": round(train / batch_size / 1e9, 4),

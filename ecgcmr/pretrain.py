@@ -31,7 +31,7 @@ from torch import nn
 
 from ecgcmr import distributed as dist
 from ecgcmr.data.cache import Cache
-from ecgcmr.data.dataset import Augment, PairedDataset
+from ecgcmr.data.dataset import CMR_VARIANTS, PairedDataset
 from ecgcmr.files import exclusive
 from ecgcmr.models import CmrEncoder, build_ecg_encoder
 from ecgcmr.train import (
@@ -45,6 +45,7 @@ from ecgcmr.train import (
     load_stage,
     pick_device,
 )
+from ecgcmr.trunk_cache import trunk_features, worth_caching
 
 METHODS: tuple[str, ...] = ("dual", "ed", "es", "ecg_only", "random")
 ALIGN_METHODS: tuple[str, ...] = ("dual", "ed", "es")
@@ -57,10 +58,19 @@ def stage_dir(models_root: str | Path, cfg: StageConfig) -> Path:
     return Path(models_root) / f"{name}-{cfg.size}-seed{cfg.seed}-{digest}"
 
 
-def datasets(cache: Cache, task: Task, cfg: StageConfig) -> tuple[PairedDataset, PairedDataset]:
-    """Train (augmented if asked) and validation (never augmented) datasets for a task."""
-    common = {"fields": task.fields, "targets": task.targets, "seed": cfg.seed}
-    train = PairedDataset(cache, "train", augment=Augment() if cfg.augment else None, **common)
+TRUNK_CACHE_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+
+
+def datasets(cache: Cache, task: Task, cfg: StageConfig,
+             cmr_trunk: dict[str, np.ndarray] | None = None,
+             ) -> tuple[PairedDataset, PairedDataset]:
+    """Train (augmented if asked) and validation (never augmented) datasets for a task.
+
+    ``cmr_trunk`` (stage C): field -> cached trunk features, served instead of the volumes.
+    """
+    common = {"fields": task.fields, "targets": task.targets, "seed": cfg.seed,
+              "cmr_trunk": cmr_trunk}
+    train = PairedDataset(cache, "train", augment=cfg.augmentation(), **common)
     val = PairedDataset(cache, "val", augment=None, **common)
     return train, val
 
@@ -77,11 +87,15 @@ def _target_stats(cache: Cache, targets: tuple[str, ...]) -> tuple[torch.Tensor,
 
 def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
                 init: dict[str, str | Path] | None = None, resume: bool = True,
-                **fit_kw: object) -> FitResult:
+                trunk_cache: str = "auto", **fit_kw: object) -> FitResult:
     """Build the task of ``cfg.stage`` and fit it; finished stages are not retrained.
 
     ``init`` (stage C): paths of the stage-A ``best.pt`` per phase (``"ed"``, ``"es"``) and of
     the stage-B ``best.pt`` (``"ecg"``, optional: without it the ECG encoder starts random).
+    ``trunk_cache`` (stage C): read the frozen CMR trunks' outputs from
+    :mod:`ecgcmr.trunk_cache` instead of running them — ``"auto"`` where that reads no more
+    than the volumes would (:func:`ecgcmr.trunk_cache.worth_caching`), ``"on"``, ``"off"``.
+    A speed option: the loss is the same either way (tested).
     """
     dist.seed_everything(cfg.seed)   # the new layers' initial weights depend only on the seed
     task = build_task(cache, cfg, init or {})
@@ -95,12 +109,42 @@ def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
             _, weights = load_stage(Path(out_dir) / "best.pt")
             task.load_state_dict(weights)
             return FitResult(**{**json.loads(done.read_text()), "out_dir": Path(out_dir)})
-        train, val = datasets(cache, task, cfg)
+        cmr_trunk = _cmr_trunk(cache, task, cfg, init or {}, trunk_cache,
+                               device=str(fit_kw.get("device", "auto")),
+                               progress=bool(fit_kw.get("progress", True)))
+        train, val = datasets(cache, task, cfg, cmr_trunk)
         result = fit(task, cfg, train, val, out_dir, resume=resume, **fit_kw)
         if dist.is_main():
             summary = {k: v for k, v in result.__dict__.items() if k != "out_dir"}
             done.write_text(json.dumps(summary, indent=2))
     return result
+
+
+def _cmr_trunk(cache: Cache, task: Task, cfg: StageConfig, init: dict[str, str | Path],
+               choice: str, *, device: str, progress: bool) -> dict[str, np.ndarray] | None:
+    """Cached trunk features per CMR field for stage C (None: the task reads volumes)."""
+    if choice not in TRUNK_CACHE_CHOICES:
+        raise ValueError(f"trunk_cache must be one of {TRUNK_CACHE_CHOICES}, got {choice!r}")
+    if choice == "off" or not isinstance(task, AlignTask) or not task.cmr:
+        return None
+    variants = CMR_VARIANTS.get(cfg.cmr_augment) if cfg.augment else 1
+    if variants is None:
+        if choice == "on":
+            raise ValueError(f"trunk_cache='on' needs a CMR augmentation with a finite set of "
+                             f"variants ('flip' or 'none'), not cmr_augment="
+                             f"{cfg.cmr_augment!r}")
+        return None
+    volume_shape = tuple(cache.cmr_ed.shape[1:])
+    encoders = dict(task.cmr.items())
+    if choice == "auto" and not all(worth_caching(e, volume_shape, variants)
+                                    for e in encoders.values()):
+        return None
+    dev = pick_device(device)
+    trunk = {f"cmr_{phase}": trunk_features(cache, phase, encoder, init[phase], variants,
+                                            device=dev, progress=progress)
+             for phase, encoder in encoders.items()}
+    task.cmr_input = "trunk"
+    return trunk
 
 
 def obtain_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ecgcmr import distributed as dist
 from ecgcmr.constants import PHENOTYPES
+from ecgcmr.data.dataset import CMR_AUGMENTS, Augment
 from ecgcmr.losses import (
     METHOD_WEIGHTS,
     Temperature,
@@ -94,6 +95,10 @@ class StageConfig:
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: bool = True                      # training-time augmentation (never on val)
+    # how CMR volumes are augmented (ecgcmr.data.dataset.CMR_AUGMENTS); "" = the stage's
+    # default: "flip" in stage C (the public code's only CMR transform there), "random"
+    # (intensity, noise, shift) otherwise
+    cmr_augment: str = ""
     # stage A
     phase: str = "ed"                         # which phase's CMR encoder
     targets: tuple[str, ...] = PHENOTYPES     # regressed phenotypes
@@ -118,6 +123,15 @@ class StageConfig:
             raise ValueError("mask_ratio must be in (0, 1)")
         if self.stage == "ecg" and self.ecg_encoder != "vit":
             raise ValueError("the masked autoencoder (stage B) needs ecg_encoder='vit'")
+        if not self.cmr_augment:   # resolved here, so configs and checkpoints say what ran
+            object.__setattr__(self, "cmr_augment", "flip" if self.stage == "align" else "random")
+        if self.cmr_augment not in CMR_AUGMENTS:
+            raise ValueError(f"cmr_augment must be one of {CMR_AUGMENTS}, "
+                             f"got {self.cmr_augment!r}")
+
+    def augmentation(self) -> Augment | None:
+        """The training-time transform of this stage (None when ``augment`` is off)."""
+        return Augment(cmr_augment=self.cmr_augment) if self.augment else None
 
     def to_json(self) -> dict[str, object]:
         return json.loads(json.dumps(asdict(self)))
@@ -217,6 +231,9 @@ class AlignTask(Task):
         for p in phases:
             self.proj[p] = ProjectionHead(self.cmr[p].out_dim, cfg.proj_dim)
         self.temperature = Temperature(cfg.temperature, learnable=cfg.learn_temperature)
+        # "volume": batches hold CMR volumes; "trunk": the frozen trunks' outputs, read from
+        # ecgcmr.trunk_cache (same result, without running the frozen convolutions)
+        self.cmr_input = "volume"
 
     def set_train_mode(self) -> None:
         # The CMR backbones are frozen: their BatchNorm statistics stay those of stage A.
@@ -229,12 +246,16 @@ class AlignTask(Task):
     def embed(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Projected embeddings (B, proj_dim) by modality."""
         out = {"ecg": self.proj["ecg"](self.ecg(batch[0]))}
-        for phase, volume in zip(self.cmr.keys(), batch[1:], strict=True):
-            out[phase] = self.proj[phase](self.cmr[phase](volume))
+        for phase, x in zip(self.cmr.keys(), batch[1:], strict=True):
+            encoder = self.cmr[phase]
+            h = encoder.forward_from_trunk(x) if self.cmr_input == "trunk" else encoder(x)
+            out[phase] = self.proj[phase](h)
         return out
 
     def forward(self, batch: Sequence[torch.Tensor], generator: torch.Generator | None = None):
-        z = self.embed(batch)
+        return self._loss(self.embed(batch))
+
+    def _loss(self, z: dict[str, torch.Tensor]):
         # Training batches are sharded across DDP ranks: negatives come from all of them.
         # Validation runs the whole split on every rank, so it must not gather (it would count
         # each pair once per rank).
@@ -246,12 +267,22 @@ class AlignTask(Task):
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable, device: torch.device) -> dict[str, float]:
-        """Validation loss plus ECG→phase top-1/top-5 retrieval over the whole split."""
-        metrics = super().evaluate(loader, device)
+        """Validation loss plus ECG→phase top-1/top-5 retrieval over the whole split.
+
+        One pass: each batch's embeddings give its loss and are kept for retrieval, so the
+        encoders (the expensive part) run once per validation subject, not twice.
+        """
+        self.eval()
+        total, n = 0.0, 0
         parts: dict[str, list[torch.Tensor]] = {}
         for batch in loader:
-            for key, z in self.embed(to_device(batch, device)).items():
-                parts.setdefault(key, []).append(z.float().cpu())
+            z = self.embed(to_device(batch, device))
+            loss, _ = self._loss(z)
+            total += float(loss) * len(batch[0])
+            n += len(batch[0])
+            for key, value in z.items():
+                parts.setdefault(key, []).append(value.float().cpu())
+        metrics = {"val_loss": total / max(n, 1)}
         z = {k: torch.cat(v) for k, v in parts.items()}
         for phase in self.cmr.keys():
             for k, acc in retrieval_accuracy(z["ecg"], z[phase], k=(1, 5)).items():

@@ -11,11 +11,15 @@ and, when ``targets`` are named, a fourth item: a float32 vector of those manife
 ``default_rng([seed, epoch, index])``, so a sample's augmentation is the same on every
 machine, with any number of DataLoader workers; call ``set_epoch`` once per epoch.
 Validation and test sets are built with ``augment=None`` (the evaluation transform).
+
+With ``cmr_trunk`` a CMR field is served as the frozen trunk features of its volume
+(:mod:`ecgcmr.trunk_cache`) instead of the volume: ``(C, D, h, w)`` float32, the variant
+(as stored, or flipped) picked by the same draw that would have flipped the volume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +30,17 @@ from torch.utils.data import Dataset
 from ecgcmr.data.cache import Cache, open_cache
 
 
+#: How CMR volumes are augmented in training:
+#: ``random`` — intensity factor, Gaussian noise and in-plane shift (the fields of Augment);
+#: ``flip``   — a left-right flip (last axis) with probability 1/2 and nothing else: the
+#:              ``RandomHorizontalFlip`` of the authors' public stage-C code (``train_cl.py``);
+#: ``none``   — the volume as stored.
+#: ``flip`` and ``none`` give each volume a finite set of variants (2 and 1), so a frozen
+#: network's output on them can be computed once and cached (ecgcmr.trunk_cache).
+CMR_AUGMENTS: tuple[str, ...] = ("random", "flip", "none")
+CMR_VARIANTS: dict[str, int] = {"flip": 2, "none": 1}
+
+
 @dataclass(frozen=True)
 class Augment:
     """Random training-time transforms; each set to its neutral value switches it off."""
@@ -33,11 +48,15 @@ class Augment:
     ecg_scale: tuple[float, float] = (0.9, 1.1)   # global amplitude factor, uniform
     ecg_noise_sd: float = 0.05                      # Gaussian noise, in z-score units
     ecg_shift_max: int = 250                        # circular time shift, samples (0.5 s)
-    cmr_intensity: tuple[float, float] = (0.9, 1.1)  # global intensity factor, uniform
-    cmr_noise_sd: float = 0.02                      # Gaussian noise, in normalised units
-    cmr_shift_max: int = 4                          # in-plane translation, voxels (zero fill)
+    cmr_augment: str = "random"                     # one of CMR_AUGMENTS (see there)
+    cmr_intensity: tuple[float, float] = (0.9, 1.1)  # "random": global intensity factor
+    cmr_noise_sd: float = 0.02                      # "random": Gaussian noise, normalised units
+    cmr_shift_max: int = 4                          # "random": in-plane shift, voxels (zero fill)
 
     def __post_init__(self) -> None:
+        if self.cmr_augment not in CMR_AUGMENTS:
+            raise ValueError(f"Augment.cmr_augment must be one of {CMR_AUGMENTS}, "
+                             f"got {self.cmr_augment!r}")
         for name in ("ecg_scale", "cmr_intensity"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
@@ -52,18 +71,38 @@ class Augment:
 
         Each field draws from its own child stream of ``rng``, so an ECG gets the same
         augmentation whether or not the CMR is loaded with it; ED and ES share one in-plane
-        shift so the pair stays aligned.
+        shift (or flip) so the pair stays aligned. (The public code flipped each phase on its
+        own draw, so an ED could meet a mirrored ES in the ED-ES term; fixed here.)
         """
-        ecg_rng, shift_rng, ed_rng, es_rng = rng.spawn(4)
-        m = self.cmr_shift_max
-        shift = (int(shift_rng.integers(-m, m + 1)), int(shift_rng.integers(-m, m + 1)))
+        ecg_rng, shared_rng, ed_rng, es_rng = rng.spawn(4)
         out = dict(arrays)
         if "ecg" in out:
             out["ecg"] = self.ecg(out["ecg"], ecg_rng)
-        for field, field_rng in (("cmr_ed", ed_rng), ("cmr_es", es_rng)):
-            if field in out:
-                out[field] = self.cmr(out[field], shift, field_rng)
+        cmr_fields = [f for f in ("cmr_ed", "cmr_es") if f in out]
+        if self.cmr_augment == "random":
+            m = self.cmr_shift_max
+            shift = (int(shared_rng.integers(-m, m + 1)), int(shared_rng.integers(-m, m + 1)))
+            for field, field_rng in (("cmr_ed", ed_rng), ("cmr_es", es_rng)):
+                if field in out:
+                    out[field] = self.cmr(out[field], shift, field_rng)
+        elif self._draw_variant(shared_rng) == 1:
+            for field in cmr_fields:
+                out[field] = flip_left_right(out[field])
         return out
+
+    def cmr_variant(self, rng: np.random.Generator) -> int:
+        """The CMR variant :meth:`apply` gives an item: 0 as stored, 1 flipped.
+
+        ``rng`` must be seeded like the one :meth:`apply` gets (a fresh generator from the
+        same seed): this is then the very draw ``apply`` makes. Only for ``flip``/``none``.
+        """
+        if self.cmr_augment not in CMR_VARIANTS:
+            raise ValueError(f"CMR augmentation {self.cmr_augment!r} has no finite set of "
+                             "variants; only 'flip' and 'none' do")
+        return self._draw_variant(rng.spawn(4)[1])
+
+    def _draw_variant(self, shared_rng: np.random.Generator) -> int:
+        return int(shared_rng.integers(2)) if self.cmr_augment == "flip" else 0
 
     def ecg(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(12, T) -> (12, T)."""
@@ -80,6 +119,11 @@ class Augment:
         if self.cmr_noise_sd:
             x = x + rng.normal(0.0, self.cmr_noise_sd, size=x.shape)
         return x
+
+
+def flip_left_right(x: np.ndarray) -> np.ndarray:
+    """Mirror the last axis (the image columns): ``(..., W) -> (..., W)``."""
+    return x[..., ::-1]
 
 
 def _shift_zero_fill(x: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
@@ -112,11 +156,21 @@ class PairedDataset(Dataset):
         targets: Sequence[str] = (),
         seed: int = 0,
         fields: Sequence[str] = FIELDS,
+        cmr_trunk: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         unknown = set(fields) - set(FIELDS)
         if unknown or not fields:
             raise ValueError(f"fields must be a non-empty subset of {FIELDS}, got {fields}")
         self.fields = tuple(fields)
+        # field -> (N rows, variants, C, D, h, w) trunk features, served instead of volumes
+        self.cmr_trunk = dict(cmr_trunk or {})
+        if not set(self.cmr_trunk) <= set(self.fields) & {"cmr_ed", "cmr_es"}:
+            raise ValueError(f"cmr_trunk keys must be CMR fields of this dataset "
+                             f"{self.fields}, got {sorted(self.cmr_trunk)}")
+        if self.cmr_trunk and augment is not None and augment.cmr_augment not in CMR_VARIANTS:
+            raise ValueError(f"cached CMR trunk features need a CMR augmentation with a finite "
+                             f"set of variants ('flip' or 'none'), not "
+                             f"{augment.cmr_augment!r}")
         self.cache = cache if isinstance(cache, Cache) else open_cache(cache)
         subjects = self.cache.rows(split)
         if "ecg" in self.fields and "has_ecg" in subjects.columns:  # CMR-only subjects
@@ -146,13 +200,23 @@ class PairedDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         row = int(self.subjects.at[i, "row"])
         arrays = {f: np.asarray(getattr(self.cache, f)[row], dtype=np.float32)
-                  for f in self.fields}                   # ecg (12, T); cmr_* (D, H, W)
+                  for f in self.fields if f not in self.cmr_trunk}  # ecg (12, T); cmr (D, H, W)
         if self.augment is not None:
-            arrays = self.augment.apply(arrays, np.random.default_rng([self.seed, self.epoch, i]))
-        out = tuple(torch.from_numpy(np.ascontiguousarray(arrays[f], dtype=np.float32))
-                    if f == "ecg" else
-                    torch.from_numpy(np.ascontiguousarray(arrays[f], dtype=np.float32))[None]
-                    for f in self.fields)
+            arrays = self.augment.apply(arrays, self._rng(i))
+        out = []
+        for f in self.fields:
+            if f in self.cmr_trunk:          # (C, D, h, w): the variant apply() would have made
+                variant = self.augment.cmr_variant(self._rng(i)) if self.augment else 0
+                x = torch.from_numpy(np.array(self.cmr_trunk[f][row, variant], np.float32))
+            else:
+                x = torch.from_numpy(np.ascontiguousarray(arrays[f], dtype=np.float32))
+                x = x if f == "ecg" else x[None]             # volumes get a channel axis
+            out.append(x)
+        out = tuple(out)
         if self._target_values is not None:
             out = (*out, torch.from_numpy(self._target_values[i]))
         return out
+
+    def _rng(self, i: int) -> np.random.Generator:
+        """Item ``i``'s augmentation generator this epoch (the same on every machine)."""
+        return np.random.default_rng([self.seed, self.epoch, i])

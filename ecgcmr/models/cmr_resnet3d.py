@@ -185,7 +185,23 @@ class CmrEncoder(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        feats = self.forward_features(x).mean(dim=(-2, -1))   # (B, C, D): in-plane average
+        return self.forward_from_trunk(self.forward_trunk(x))
+
+    # Stage C trains only the last stage, the depth collapse and the fc (see
+    # last_layer_parameters): everything before is the frozen "trunk", whose output can be
+    # computed once per volume and cached (ecgcmr.trunk_cache). forward() is exactly
+    # forward_from_trunk(forward_trunk(x)), so both paths run the same operations.
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """``(B, 1, D, H, W) -> (B, C3, D, H'', W'')``: stem and all stages but the last."""
+        self._check_input(x)
+        x = self.stem(x)
+        for stage in self.stages[:-1]:
+            x = stage(x)
+        return x
+
+    def forward_from_trunk(self, h: Tensor) -> Tensor:
+        """``(B, C3, D, H'', W'') -> (B, out_dim)``: the last stage, pooling and fc."""
+        feats = self.stages[-1](h).mean(dim=(-2, -1))          # (B, C, D): in-plane average
         pooled = self.depth_collapse(feats).squeeze(-1)        # (B, C): learned over slices
         return self.fc(pooled)                                 # (B, out_dim)
 
