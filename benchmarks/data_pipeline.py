@@ -13,7 +13,9 @@ not assumed: a "first" pass with resident_pct 100 was not a disk read.
 
 Part 2, the pipeline: samples/s delivered by ``torch.utils.data.DataLoader`` over
 ``PairedDataset`` with the stage's fields (A also reads its targets), the training sampler and
-batch size, with and without ``Augment()``, for each ``num_workers`` (persistent workers, as
+batch size, with and without the stage's augmentation (``StageConfig.augmentation()``: in
+stage C the CMR is only flipped, in stage A it gets intensity, noise and a shift; the
+``cmr_augment`` column says which), for each ``num_workers`` (persistent workers, as
 ``fit`` uses; the first batch — worker start-up — is timed separately and excluded from the
 rate). On CUDA batches are pinned (``pin_memory=True``) and copied to the device. The rate is
 compared with the warm random-order ceiling of the same fields.
@@ -43,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from ecgcmr.config import Profile, get_profile
 from ecgcmr.data import build_cache, open_cache, read_manifest
-from ecgcmr.data.dataset import Augment, PairedDataset
+from ecgcmr.data.dataset import PairedDataset
 from ecgcmr.train import EpochSampler, pick_device
 
 #: stage -> its name in the issue; the fields come from the stage's config (see stage_fields)
@@ -137,8 +139,8 @@ def pipeline_row(cache, stage: str, profile: Profile, augment: bool, workers: in
                  batch: int, samples: int, dev: torch.device) -> dict[str, object]:
     """Samples/s a training-style DataLoader delivers (to the device on CUDA)."""
     fields, targets = stage_fields(stage, profile)
-    ds = PairedDataset(cache, None, augment=Augment() if augment else None, targets=targets,
-                       fields=fields)
+    transform = profile.stage_config(stage).augmentation() if augment else None
+    ds = PairedDataset(cache, None, augment=transform, targets=targets, fields=fields)
     sampler = EpochSampler(len(ds), 0, batch_size=batch)
     loader = DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=True,
                         num_workers=workers, pin_memory=dev.type == "cuda",
@@ -167,7 +169,9 @@ def pipeline_row(cache, stage: str, profile: Profile, augment: bool, workers: in
     sec = time.perf_counter() - start
     del loader                                     # shuts persistent workers down
     return {"stage": f"{STAGES[stage]} {stage}", "fields": "+".join(fields),
-            "targets": len(targets), "augment": augment, "num_workers": workers,
+            "targets": len(targets), "augment": augment,
+            "cmr_augment": transform.cmr_augment if transform and stage != "ecg" else "-",
+            "num_workers": workers,
             "pin_memory": dev.type == "cuda", "batch": batch, "samples": n,
             "first_batch_s": round(first, 3), "samples_per_s": round(n / sec, 1)}
 

@@ -241,7 +241,7 @@ def trunk_setup(task: AlignTask, profile: Profile, cache: str | None, dev: torch
         weights = workdir / f"trunk_bench_{profile.name}_{phase}.pt"
         torch.save(encoder.state_dict(), weights)
         features[f"cmr_{phase}"] = trunk_features(open_cache(cache), phase, encoder, weights,
-                                                   variants=2, device=dev)
+                                                   variants=2, device=dev, progress=False)
     return features, shape, time.perf_counter() - t0
 
 

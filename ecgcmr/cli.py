@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true",
                    help="channels_last_3d layout for the 3D convolutions (GPU speed option)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--cmr-augment", choices=["flip", "random", "none"], default=None,
+                   help="CMR training augmentation (default: flip in stage C, random in A)")
+    p.add_argument("--trunk-cache", choices=["auto", "on", "off"], default="auto",
+                   help="stage C: read the frozen CMR trunks' outputs from a cache built once "
+                        "per stage-A checkpoint (auto: where smaller than the volumes)")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("embed", help="frozen ECG embeddings of every subject -> parquet")
@@ -143,6 +148,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         extra = {"phase": args.phase} if args.stage == "cmr" else \
             {"method": args.method, "ecg_encoder": args.ecg_encoder} if args.stage == "align" \
             else {}
+        if args.cmr_augment:
+            extra["cmr_augment"] = args.cmr_augment
         cfg = get_profile(args.profile).stage_config(
             args.stage, seed=args.seed, epochs=args.epochs or None,
             batch_size=args.batch_size or None, **extra)
@@ -155,7 +162,8 @@ def _pretrain(args: argparse.Namespace) -> int:
                                   ("ecg", args.init_ecg)) if v is not None}
         result = train_stage(cache, cfg, out, init=init, resume=not args.no_resume,
                              device=args.device, num_workers=args.num_workers,
-                             channels_last=args.channels_last, compile_model=args.compile)
+                             channels_last=args.channels_last, compile_model=args.compile,
+                             trunk_cache=args.trunk_cache)
         if dist.is_main():
             print(f"{args.stage}: best validation loss {result.best_val_loss:.4f} at epoch "
                   f"{result.best_epoch + 1}; checkpoint {result.out_dir / 'best.pt'}")
