@@ -33,6 +33,7 @@ from ecgcmr.data.cache import Cache
 from ecgcmr.data.dataset import flip_left_right
 from ecgcmr.files import exclusive
 from ecgcmr.models import CmrEncoder
+from ecgcmr.train import autocast_for
 
 FOLDER = "trunk_features"
 
@@ -80,8 +81,6 @@ def trunk_features(cache: Cache, phase: str, encoder: CmrEncoder, checkpoint: st
 @torch.no_grad()
 def _compute(cache: Cache, phase: str, encoder: CmrEncoder, variants: int, path: Path,
              device: torch.device, batch_size: int, progress: bool) -> None:
-    from ecgcmr.train import autocast_for   # the training loop's precision, so both paths match
-
     volumes = getattr(cache, f"cmr_{phase}")                    # (N, D, H, W) memory map
     rows = np.sort(cache.rows()["row"].to_numpy())
     encoder = encoder.to(device).eval()
@@ -95,7 +94,7 @@ def _compute(cache: Cache, phase: str, encoder: CmrEncoder, variants: int, path:
         x = np.asarray(volumes[chunk], dtype=np.float32)        # (b, D, H, W)
         for v in range(variants):
             batch = torch.from_numpy(np.ascontiguousarray(flip_left_right(x) if v else x))
-            with autocast_for(device):
+            with autocast_for(device):   # the training loop's precision: both paths match
                 h = encoder.forward_trunk(batch[:, None].to(device))
             out[chunk, v] = h.float().cpu().numpy()
         bar.update(len(chunk))

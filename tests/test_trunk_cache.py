@@ -87,7 +87,7 @@ def test_a_training_batch_gives_the_same_loss_and_gradients(stage_a) -> None:
         for task, ds in ((volumes_task, by_volume), (trunk_task, by_trunk)):
             task.set_train_mode()
             task.zero_grad()
-            batch = to_device([torch.stack(x) for x in zip(*[ds[i] for i in range(4)])],
+            batch = to_device([torch.stack(x) for x in zip(*[ds[i] for i in range(4)], strict=True)],
                               torch.device("cpu"))
             loss, _ = task(batch)
             loss.backward()

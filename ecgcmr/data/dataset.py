@@ -29,7 +29,6 @@ from torch.utils.data import Dataset
 
 from ecgcmr.data.cache import Cache, open_cache
 
-
 #: How CMR volumes are augmented in training:
 #: ``random`` — intensity factor, Gaussian noise and in-plane shift (the fields of Augment);
 #: ``flip``   — a left-right flip (last axis) with probability 1/2 and nothing else: the
