@@ -228,9 +228,11 @@ def trunk_setup(task: AlignTask, profile: Profile, cache: str | None, dev: torch
     """Switch ``task`` to cached trunk features: (the cache's features per field or None for
     random data, the feature shape, seconds to build them)."""
     from ecgcmr.data.cache import open_cache
+    from ecgcmr.data.dataset import CMR_VARIANTS
     from ecgcmr.trunk_cache import trunk_features, trunk_shape
 
     shape = trunk_shape(task.cmr["ed"], profile.cmr_shape)
+    cmr_augment = profile.stage_config("align").cmr_augment
     task.cmr_input = "trunk"
     if cache is None:
         return None, shape, 0.0
@@ -241,7 +243,8 @@ def trunk_setup(task: AlignTask, profile: Profile, cache: str | None, dev: torch
         weights = workdir / f"trunk_bench_{profile.name}_{phase}.pt"
         torch.save(encoder.state_dict(), weights)
         features[f"cmr_{phase}"] = trunk_features(open_cache(cache), phase, encoder, weights,
-                                                   variants=2, device=dev, progress=False)
+                                                   variants=CMR_VARIANTS[cmr_augment],
+                                                   device=dev, progress=False)
     return features, shape, time.perf_counter() - t0
 
 
