@@ -15,9 +15,9 @@ Part 2, the pipeline: samples/s delivered by ``torch.utils.data.DataLoader`` ove
 ``PairedDataset`` with the stage's fields (A also reads its targets), the training sampler and
 batch size, with and without the stage's augmentation (``StageConfig.augmentation()``: in
 stage C the CMR is served as stored, in stage A it gets intensity, noise and a shift; the
-``cmr_augment`` column says which), for each ``num_workers`` (persistent workers, as
-``fit`` uses; the first batch — worker start-up — is timed separately and excluded from the
-rate). On CUDA batches are pinned (``pin_memory=True``) and copied to the device. The rate is
+``cmr_augment`` column says which), for each ``num_workers`` (loader settings from
+``ecgcmr.train.loader_options``, as ``fit`` uses: an augmented dataset gets fresh workers each
+epoch, whose start-up counts in the rate; the first batch is timed separately and excluded). On CUDA batches are pinned (``pin_memory=True``) and copied to the device. The rate is
 compared with the warm random-order ceiling of the same fields.
 
 Input: ``--cache`` (an existing cache, e.g. data/cache/<name>), else a tiny cache built from
@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 from ecgcmr.config import Profile, get_profile
 from ecgcmr.data import build_cache, open_cache, read_manifest
 from ecgcmr.data.dataset import PairedDataset
-from ecgcmr.train import EpochSampler, pick_device
+from ecgcmr.train import EpochSampler, loader_options, pick_device
 
 #: stage -> its name in the issue; the fields come from the stage's config (see stage_fields)
 STAGES = {"cmr": "A", "ecg": "B", "align": "C"}
@@ -143,8 +143,7 @@ def pipeline_row(cache, stage: str, profile: Profile, augment: bool, workers: in
     ds = PairedDataset(cache, None, augment=transform, targets=targets, fields=fields)
     sampler = EpochSampler(len(ds), 0, batch_size=batch)
     loader = DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=True,
-                        num_workers=workers, pin_memory=dev.type == "cuda",
-                        persistent_workers=workers > 0)
+                        **loader_options(ds, workers, dev))            # as fit() builds it
     t0 = time.perf_counter()
     first = start = None
     n = 0

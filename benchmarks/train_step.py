@@ -50,6 +50,7 @@ from ecgcmr.train import (
     Task,
     autocast_for,
     compile_blocks,
+    loader_options,
     make_optimizer,
     pick_device,
     to_device,
@@ -159,8 +160,7 @@ def cache_batches(stage: str, profile: Profile, cache: str, batch: int, workers:
     if len(sampler) == 0:
         raise SystemExit(f"cache train split has {len(ds)} subjects: fewer than a batch of {batch}")
     loader = DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=True,
-                        num_workers=workers, pin_memory=dev.type == "cuda",
-                        persistent_workers=workers > 0)
+                        **loader_options(ds, workers, dev))            # as fit() builds it
 
     def endless() -> Iterator[list[torch.Tensor]]:
         for epoch in itertools.count():

@@ -391,6 +391,20 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def loader_options(ds: Dataset, num_workers: int, dev: torch.device) -> dict[str, object]:
+    """DataLoader settings for ``ds``: workers, pinned memory on CUDA, and workers that live
+    across epochs only when ``ds`` serves the same items every epoch.
+
+    A persistent worker keeps the copy of the dataset it started with, so ``set_epoch`` in
+    the main process never reaches it: an augmented dataset would serve epoch 0's draws in
+    every epoch, and results would depend on the number of workers (they did, until
+    2026-12-05). Such a dataset gets fresh workers each epoch instead.
+    """
+    per_epoch = hasattr(ds, "set_epoch") and getattr(ds, "augment", True) is not None
+    return {"num_workers": num_workers, "pin_memory": dev.type == "cuda",
+            "persistent_workers": num_workers > 0 and not per_epoch}
+
+
 def to_device(batch: Sequence[torch.Tensor], dev: torch.device,
               channels_last: bool = False) -> list[torch.Tensor]:
     """A DataLoader batch on ``dev`` (asynchronously from pinned memory); with
@@ -455,11 +469,10 @@ def fit(
     if len(sampler) == 0:
         raise ValueError(f"training split has {len(train_ds)} subjects: fewer than one batch "
                          f"of {per_rank_batch} per rank")
-    loader_kw = {"num_workers": num_workers, "pin_memory": dev.type == "cuda",
-                 "persistent_workers": num_workers > 0}
     train_loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=sampler,
-                              drop_last=True, **loader_kw)
-    val_loader = DataLoader(val_ds, batch_size=per_rank_batch, shuffle=False, **loader_kw)
+                              drop_last=True, **loader_options(train_ds, num_workers, dev))
+    val_loader = DataLoader(val_ds, batch_size=per_rank_batch, shuffle=False,
+                            **loader_options(val_ds, num_workers, dev))
     steps_per_epoch = len(train_loader)
     if opt_cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, opt_cfg.max_steps_per_epoch)

@@ -9,7 +9,8 @@
 and, when ``targets`` are named, a fourth item: a float32 vector of those manifest columns
 (NaN where missing; losses mask NaNs). Augmentation draws come from
 ``default_rng([seed, epoch, index])``, so a sample's augmentation is the same on every
-machine, with any number of DataLoader workers; call ``set_epoch`` once per epoch.
+machine, with any number of DataLoader workers; call ``set_epoch`` once per epoch (and give
+an augmented dataset workers that do not outlive an epoch: ``ecgcmr.train.loader_options``).
 Validation and test sets are built with ``augment=None`` (the evaluation transform).
 
 With ``cmr_trunk`` a CMR field is served as the frozen trunk features of its volume
