@@ -14,7 +14,7 @@ not assumed: a "first" pass with resident_pct 100 was not a disk read.
 Part 2, the pipeline: samples/s delivered by ``torch.utils.data.DataLoader`` over
 ``PairedDataset`` with the stage's fields (A also reads its targets), the training sampler and
 batch size, with and without the stage's augmentation (``StageConfig.augmentation()``: in
-stage C the CMR is served as stored, in stage A it gets intensity, noise and a shift; the
+stage C the CMR is only flipped left-right, in stage A it gets intensity, noise and a shift; the
 ``cmr_augment`` column says which), for each ``num_workers`` (loader settings from
 ``ecgcmr.train.loader_options``, as ``fit`` uses: an augmented dataset gets fresh workers each
 epoch, whose start-up counts in the rate; the first batch is timed separately and excluded). On CUDA batches are pinned (``pin_memory=True``) and copied to the device. The rate is

@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="channels_last_3d layout for the 3D convolutions (GPU speed option)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--cmr-augment", choices=["flip", "random", "none"], default=None,
-                   help="CMR training augmentation (default: none in stage C, random in A; flip is "
-                        "the public code's stage C)")
+                   help="CMR training augmentation (default: flip in stage C, as the public "
+                        "code; random in A)")
     p.add_argument("--trunk-cache", choices=["auto", "on", "off"], default="auto",
                    help="stage C: read the frozen CMR trunks' outputs from a cache built once "
                         "per stage-A checkpoint (auto: where smaller than the volumes)")

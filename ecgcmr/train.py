@@ -96,9 +96,8 @@ class StageConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: bool = True                      # training-time augmentation (never on val)
     # how CMR volumes are augmented (ecgcmr.data.dataset.CMR_AUGMENTS); "" = the stage's
-    # default: "random" (intensity, noise, shift) in stage A; "none" in stage C, where the
-    # public code flips left-right ("flip"): a mirrored heart beside an unmirrored ECG is not
-    # a pair any body produces, and the frozen stage-A trunk never saw one (README, Pretraining)
+    # default: "random" (intensity, noise, shift) in stage A, "flip" in stage C (the public
+    # code's only CMR transform there; README, Pretraining, compares the three)
     cmr_augment: str = ""
     # stage A
     phase: str = "ed"                         # which phase's CMR encoder
@@ -125,7 +124,7 @@ class StageConfig:
         if self.stage == "ecg" and self.ecg_encoder != "vit":
             raise ValueError("the masked autoencoder (stage B) needs ecg_encoder='vit'")
         if not self.cmr_augment:   # resolved here, so configs and checkpoints say what ran
-            object.__setattr__(self, "cmr_augment", "none" if self.stage == "align" else "random")
+            object.__setattr__(self, "cmr_augment", "flip" if self.stage == "align" else "random")
         if self.cmr_augment not in CMR_AUGMENTS:
             raise ValueError(f"cmr_augment must be one of {CMR_AUGMENTS}, "
                              f"got {self.cmr_augment!r}")

@@ -33,8 +33,9 @@ from ecgcmr.data.cache import Cache, open_cache
 #: How CMR volumes are augmented in training:
 #: ``random`` — intensity factor, Gaussian noise and in-plane shift (the fields of Augment);
 #: ``flip``   — a left-right flip (last axis) with probability 1/2 and nothing else: the
-#:              ``RandomHorizontalFlip`` of the authors' public stage-C code (``train_cl.py``);
-#: ``none``   — the volume as stored (stage C's default, see ``StageConfig.cmr_augment``).
+#:              ``RandomHorizontalFlip`` of the authors' public stage-C code (``train_cl.py``),
+#:              stage C's default (``StageConfig.cmr_augment``);
+#: ``none``   — the volume as stored.
 #: ``flip`` and ``none`` give each volume a finite set of variants (2 and 1), so a frozen
 #: network's output on them can be computed once and cached (ecgcmr.trunk_cache).
 CMR_AUGMENTS: tuple[str, ...] = ("random", "flip", "none")
