@@ -17,7 +17,8 @@ batch size, with and without the stage's augmentation (``StageConfig.augmentatio
 stage C the CMR is only flipped left-right, in stage A it gets intensity, noise and a shift; the
 ``cmr_augment`` column says which), for each ``num_workers`` (loader settings from
 ``ecgcmr.train.loader_options``, as ``fit`` uses: an augmented dataset gets fresh workers each
-epoch, whose start-up counts in the rate; the first batch is timed separately and excluded). On CUDA batches are pinned (``pin_memory=True``) and copied to the device. The rate is
+epoch, whose start-up counts in the rate; the first batch is timed separately and excluded).
+On CUDA batches are pinned (``pin_memory=True``) and copied to the device. The rate is
 compared with the warm random-order ceiling of the same fields.
 
 Input: ``--cache`` (an existing cache, e.g. data/cache/<name>), else a tiny cache built from

@@ -228,23 +228,21 @@ def trunk_setup(task: AlignTask, profile: Profile, cache: str | None, dev: torch
     """Switch ``task`` to cached trunk features: (the cache's features per field or None for
     random data, the feature shape, seconds to build them)."""
     from ecgcmr.data.cache import open_cache
-    from ecgcmr.data.dataset import CMR_VARIANTS
-    from ecgcmr.trunk_cache import trunk_features, trunk_shape
+    from ecgcmr.pretrain import cmr_trunk_features
+    from ecgcmr.trunk_cache import trunk_shape
 
     shape = trunk_shape(task.cmr["ed"], profile.cmr_shape)
-    cmr_augment = profile.stage_config("align").cmr_augment
-    task.cmr_input = "trunk"
     if cache is None:
+        task.cmr_input = "trunk"
         return None, shape, 0.0
     workdir.mkdir(parents=True, exist_ok=True)
+    init = {}
+    for phase, encoder in task.cmr.items():   # the cache is keyed by these (seeded) weights
+        init[phase] = workdir / f"trunk_bench_{profile.name}_{phase}.pt"
+        torch.save(encoder.state_dict(), init[phase])
     t0 = time.perf_counter()
-    features = {}
-    for phase, encoder in task.cmr.items():   # keyed by these (seeded, fresh) weights' bytes
-        weights = workdir / f"trunk_bench_{profile.name}_{phase}.pt"
-        torch.save(encoder.state_dict(), weights)
-        features[f"cmr_{phase}"] = trunk_features(open_cache(cache), phase, encoder, weights,
-                                                   variants=CMR_VARIANTS[cmr_augment],
-                                                   device=dev, progress=False)
+    features = cmr_trunk_features(open_cache(cache), task, profile.stage_config("align"), init,
+                                  "on", device=str(dev), progress=False)
     return features, shape, time.perf_counter() - t0
 
 

@@ -109,9 +109,9 @@ def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
             _, weights = load_stage(Path(out_dir) / "best.pt")
             task.load_state_dict(weights)
             return FitResult(**{**json.loads(done.read_text()), "out_dir": Path(out_dir)})
-        cmr_trunk = _cmr_trunk(cache, task, cfg, init or {}, trunk_cache,
-                               device=str(fit_kw.get("device", "auto")),
-                               progress=bool(fit_kw.get("progress", True)))
+        cmr_trunk = cmr_trunk_features(cache, task, cfg, init or {}, trunk_cache,
+                                       device=str(fit_kw.get("device", "auto")),
+                                       progress=bool(fit_kw.get("progress", True)))
         train, val = datasets(cache, task, cfg, cmr_trunk)
         result = fit(task, cfg, train, val, out_dir, resume=resume, **fit_kw)
         if dist.is_main():
@@ -120,9 +120,13 @@ def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
     return result
 
 
-def _cmr_trunk(cache: Cache, task: Task, cfg: StageConfig, init: dict[str, str | Path],
-               choice: str, *, device: str, progress: bool) -> dict[str, np.ndarray] | None:
-    """Cached trunk features per CMR field for stage C (None: the task reads volumes)."""
+def cmr_trunk_features(cache: Cache, task: Task, cfg: StageConfig,
+                       init: dict[str, str | Path], choice: str = "auto", *,
+                       device: str = "auto", progress: bool = True,
+                       ) -> dict[str, np.ndarray] | None:
+    """Cached trunk features per CMR field for stage C, with ``task`` switched to read them
+    (None: the task reads volumes). ``init``: the stage-A checkpoint of each phase, whose
+    weights ``task.cmr`` holds; ``choice``: ``train_stage``'s ``trunk_cache``."""
     if choice not in TRUNK_CACHE_CHOICES:
         raise ValueError(f"trunk_cache must be one of {TRUNK_CACHE_CHOICES}, got {choice!r}")
     if choice == "off" or not isinstance(task, AlignTask) or not task.cmr:

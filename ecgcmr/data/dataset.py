@@ -79,13 +79,12 @@ class Augment:
         out = dict(arrays)
         if "ecg" in out:
             out["ecg"] = self.ecg(out["ecg"], ecg_rng)
-        cmr_fields = [f for f in ("cmr_ed", "cmr_es") if f in out]
+        cmr_fields = {f: r for f, r in (("cmr_ed", ed_rng), ("cmr_es", es_rng)) if f in out}
         if self.cmr_augment == "random":
             m = self.cmr_shift_max
             shift = (int(shared_rng.integers(-m, m + 1)), int(shared_rng.integers(-m, m + 1)))
-            for field, field_rng in (("cmr_ed", ed_rng), ("cmr_es", es_rng)):
-                if field in out:
-                    out[field] = self.cmr(out[field], shift, field_rng)
+            for field, field_rng in cmr_fields.items():
+                out[field] = self.cmr(out[field], shift, field_rng)
         elif self._draw_variant(shared_rng) == 1:
             for field in cmr_fields:
                 out[field] = flip_left_right(out[field])

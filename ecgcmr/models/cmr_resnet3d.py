@@ -178,11 +178,7 @@ class CmrEncoder(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, 1, D, H, W) -> (B, feature_dim, D, H', W')``, ``H' ≈ H/32``."""
-        self._check_input(x)
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return x
+        return self.stages[-1](self.forward_trunk(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_from_trunk(self.forward_trunk(x))
