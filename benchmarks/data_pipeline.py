@@ -100,7 +100,7 @@ def _read_pass(root: Path, fields: tuple[str, ...], order: np.ndarray, min_rows:
     """Copy rows of freshly mapped arrays: (rows, bytes, seconds); whole passes over ``order``
     until at least ``min_rows`` rows and ``min_s`` seconds (a short timing is all noise)."""
     # a new map per pass: pages mapped by an earlier pass would survive the eviction
-    arrays = [np.load(root / f"{f}.npy", mmap_mode="r") for f in fields]
+    arrays = [getattr(open_cache(root), f) for f in fields]
     rows = nbytes = 0
     t0 = time.perf_counter()
     while rows < min_rows or time.perf_counter() - t0 < min_s:
@@ -114,7 +114,7 @@ def _read_pass(root: Path, fields: tuple[str, ...], order: np.ndarray, min_rows:
 def raw_read_rows(root: Path, stage: str, fields: tuple[str, ...], rows: np.ndarray,
                   can_evict: bool, min_rows: int) -> list[dict[str, object]]:
     """Sequential and random-order reads of the stage's rows: a first and a warm pass each."""
-    files = [root / f"{f}.npy" for f in fields]
+    files = [root / f"{f}.bin" for f in fields]
     out = []
     for order_name, order in (("sequential", np.sort(rows)),
                               ("random", np.random.default_rng(0).permutation(rows))):

@@ -219,7 +219,7 @@ def child_iterate(cache_dir: str, n: int, batch: int, label: str = "iterate data
 
 
 def _mapped_mb(cache_dir: str) -> float:
-    return sum((Path(cache_dir) / f"{f}.npy").stat().st_size
+    return sum((Path(cache_dir) / f"{f}.bin").stat().st_size
                for f in ("ecg", "cmr_ed", "cmr_es")) / 2**20
 
 

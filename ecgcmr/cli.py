@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ecgcmr.errors import DataError
+from ecgcmr.errors import DataError, OutputError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,6 +23,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as exc:  # bad input: a clear message, no traceback
         print(f"ecgcmr: error: {exc}", file=sys.stderr)
         return 2
+    except OutputError as exc:  # the output failed (read-only, disk full): one line
+        print(f"ecgcmr: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # any other file-system failure: the path and the reason
+        print(f"ecgcmr: error: {OutputError.from_os_error(exc, fallback='?')}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

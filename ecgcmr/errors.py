@@ -68,3 +68,21 @@ def _rebuild(cls: type[DataError], args: tuple, fields: dict) -> DataError:
     Exception.__init__(err, *args)
     err.__dict__.update(fields)
     return err
+
+
+class OutputError(RuntimeError):
+    """The output itself failed (a read-only folder, a full disk): names the path.
+
+    Not a :class:`DataError`: no record is at fault, and nothing more can be written, so the
+    work stops (with one line, no traceback, from the command line).
+    """
+
+    def __init__(self, problem: str, *, path: str | PathLike[str]) -> None:
+        self.problem, self.path = problem, str(path)
+        super().__init__(f"cannot write {self.path}: {problem}")
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, *, fallback: str | PathLike[str]) -> OutputError:
+        """From an ``OSError`` of a write: its path where it names one, else ``fallback``."""
+        reason = exc.strerror or str(exc)
+        return cls(reason, path=exc.filename or fallback)

@@ -127,8 +127,17 @@ def _version(package: str) -> str:
 
 def notebook_series(folder: str | Path = "notebooks", until: str = "99") -> list[Path]:
     """The numbered notebooks, in order (``00_*.ipynb``, ``01_*.ipynb``, ...), up to and
-    including number ``until``."""
-    return sorted(p for p in resolve(folder).glob("[0-9][0-9]_*.ipynb") if p.name[:2] <= until)
+    including number ``until``. No notebook at all is a :class:`DataError` that says where
+    it looked: the series lives in a source checkout, not in an installed package."""
+    from ecgcmr.errors import DataError
+
+    where = resolve(folder)
+    found = sorted(where.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise DataError("no notebook series (00_*.ipynb, 01_*.ipynb, ...) found: `ecgcmr "
+                        "reproduce` runs the notebooks of a source checkout; run it from the "
+                        "checkout's folder (or set $ECGCMR_HOME to it)", path=where)
+    return [p for p in found if p.name[:2] <= until]
 
 
 def run_series(
@@ -263,8 +272,10 @@ def cache_dir_for(manifest_path: str | Path, spec_json: Mapping[str, object],
 
 
 def locate_cache(manifest_path: str | Path, spec: object, data_dir: str | Path = "data"):
-    """Open the preprocessing cache notebook 01 built for this manifest and settings."""
+    """Open the preprocessing cache notebook 01 built for this manifest and settings; it must
+    match the manifest as it is now (:func:`ecgcmr.data.cache.check_matches`)."""
     from ecgcmr.data.cache import open_cache
+    from ecgcmr.data.manifest import read_manifest
     from ecgcmr.errors import DataError
 
     folder = cache_dir_for(manifest_path, spec.to_json(), data_dir)
@@ -272,7 +283,8 @@ def locate_cache(manifest_path: str | Path, spec: object, data_dir: str | Path =
         raise DataError("the preprocessing cache is missing; run notebook 01_preprocessing "
                         f"or `ecgcmr preprocess --manifest {manifest_path} --cache-dir {folder}`",
                         path=folder)
-    return open_cache(folder)
+    manifest = read_manifest(manifest_path, check_files=False, require_ecg=False)
+    return open_cache(folder, manifest)
 
 
 def expand_grid(params: Mapping[str, object]) -> list[dict[str, object]]:

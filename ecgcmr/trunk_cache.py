@@ -8,11 +8,13 @@ and mirrored; ``"none"``: as stored), every variant's trunk output can be comput
 read back in every epoch: stage C then runs only the ECG encoder, the CMR encoders' last
 stages and the heads, and reads ``C × D × h × w`` floats per phase instead of a volume.
 
-File: ``<cache>/trunk_features/<phase>-<checkpoint sha256[:16]>-v<variants>.npy``,
-``(N rows, variants, C, D, h, w)`` float32 (rows of subjects that failed QC stay zero; the
-datasets never serve them). Keyed by the checkpoint's bytes, so another stage-A run never
-reuses it; written under a lock and renamed into place, so parallel runs build it once and an
-interrupted build leaves nothing half written.
+File: ``<cache>/trunk_features/<phase>-<checkpoint sha[:16]>-v<variants>-r<rows sha[:12]>.npy``,
+``(N rows, variants, C, D, h, w)`` float32, computed for the cache rows of the subjects that
+passed QC (the others stay zero; the datasets never serve them). Keyed by the checkpoint's
+bytes, so another stage-A run never reuses it, and by the rows it covers: cache rows never
+change once written (:mod:`ecgcmr.data.cache`), but a cache built again for an extended
+manifest has more of them. Written under a lock and renamed into place, so parallel runs build
+it once and an interrupted build leaves nothing half written.
 
 Whether it pays depends on sizes (:func:`worth_caching`): at the ``teaching`` size one
 variant's trunk output is a quarter of the volume's values (12,288 of 49,152), at the paper's
@@ -72,19 +74,21 @@ def trunk_features(cache: Cache, phase: str, encoder: CmrEncoder, checkpoint: st
         raise ValueError(f"phase must be 'ed' or 'es' and variants 1 or 2, got {phase!r}, "
                          f"{variants}")
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
-    path = cache.root / FOLDER / f"{phase}-{digest}-v{variants}.npy"
+    rows = np.sort(cache.rows()["row"].to_numpy()).astype(np.int64)
+    covered = hashlib.sha256(rows.tobytes() + str(len(getattr(cache, f"cmr_{phase}"))).encode()
+                             ).hexdigest()[:12]
+    path = cache.root / FOLDER / f"{phase}-{digest}-v{variants}-r{covered}.npy"
     with exclusive(path.parent):
         if not path.is_file():
-            _compute(cache, phase, encoder, variants, path, torch.device(device), batch_size,
-                     progress)
+            _compute(cache, phase, encoder, variants, rows, path, torch.device(device),
+                     batch_size, progress)
     return np.load(path, mmap_mode="r")
 
 
 @torch.no_grad()
-def _compute(cache: Cache, phase: str, encoder: CmrEncoder, variants: int, path: Path,
-             device: torch.device, batch_size: int, progress: bool) -> None:
+def _compute(cache: Cache, phase: str, encoder: CmrEncoder, variants: int, rows: np.ndarray,
+             path: Path, device: torch.device, batch_size: int, progress: bool) -> None:
     volumes = getattr(cache, f"cmr_{phase}")                    # (N, D, H, W) memory map
-    rows = np.sort(cache.rows()["row"].to_numpy())
     encoder = encoder.to(device).eval()
     shape = (volumes.shape[0], variants, *trunk_shape(encoder, volumes.shape[1:]))
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -77,14 +77,15 @@ def test_interrupted_build_resumes_to_the_same_arrays(tiny_cohort: Path, tmp_pat
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(cache_module, "_CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(cache_module, "_COMMIT_EVERY", 2)
     monkeypatch.setattr(cache_module, "preprocess_subject", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         build_cache(df, tmp_path / "c", SPEC, progress=False)
     monkeypatch.setattr(cache_module, "preprocess_subject", real)
     resumed = build_cache(df, tmp_path / "c", SPEC, progress=False)
-    np.testing.assert_array_equal(resumed.ecg, cache.ecg)
-    np.testing.assert_array_equal(resumed.cmr_es, cache.cmr_es)
+    for sid in df["subject_id"]:
+        for field, array in resumed.arrays_of(sid).items():
+            np.testing.assert_array_equal(array, cache.arrays_of(sid)[field])
 
 
 def test_a_cache_built_with_other_settings_is_refused(tiny_cohort: Path, tmp_path: Path) -> None:

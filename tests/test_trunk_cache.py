@@ -63,7 +63,7 @@ def test_stage_c_trains_identically_with_and_without_the_trunk_cache(stage_a, tm
     for key in w_off:
         torch.testing.assert_close(w_on[key], w_off[key], rtol=1e-4, atol=1e-5)
     # the cached run really read features: one file per phase, both variants
-    assert len(list((cache.root / "trunk_features").glob("*-v2.npy"))) == 2
+    assert len(list((cache.root / "trunk_features").glob("*-v2-r*.npy"))) == 2
 
 
 def test_a_training_batch_gives_the_same_loss_and_gradients(stage_a) -> None:
@@ -166,7 +166,7 @@ def test_unaugmented_cmr_caches_one_variant(stage_a, tmp_path) -> None:
     cache, init = stage_a
     cfg = _align_cfg(cmr_augment="none", epochs=1)
     train_stage(cache, cfg, tmp_path / "C", init=init, progress=False)   # trunk_cache="auto"
-    assert len(list((cache.root / "trunk_features").glob("*-v1.npy"))) == 2
+    assert len(list((cache.root / "trunk_features").glob("*-v1-r*.npy"))) == 2
     with pytest.raises(ValueError, match="cmr_augment"):
         StageConfig(stage="align", cmr_augment="rotate")
 

@@ -31,12 +31,47 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
 DEFAULT_SPLIT_SEED: int = 42
 
-# Plausibility bounds: a value outside is a data-entry or unit error, not an unusual heart.
-_COVARIATE_BOUNDS: dict[str, tuple[float, float]] = {
-    "age_years": (0.0, 120.0),
-    "bmi": (10.0, 80.0),
-    "sbp_mmhg": (50.0, 300.0),
+# Plausibility bounds. A value outside is a unit error (L for mL, kg for g, a fraction for %,
+# days for years, kPa for mmHg) or an entry error, not an unusual heart: the bounds are hard
+# limits far beyond the healthy ranges, so that real disease stays inside (dilated
+# cardiomyopathy LVEDV > 400 mL, hypertrophic LV mass > 300 g, EF 5 % in end-stage failure).
+# Rule for the CMR phenotypes: the healthy 95 % range (mean +- 1.96 SD, both sexes) of the UK
+# Biobank CMR reference ranges (Petersen SE et al., J Cardiovasc Magn Reson 2017;19:18; women
+# from its Table 3, men partly derived: see ecgcmr.synth.physiology.REFERENCE_RANGES) is quoted
+# for comparison; the bound itself is a hard physiological limit (not a literature number):
+# EDV and mass 20-800 (about 1/4 of the lowest healthy lower limit, about 4x the highest upper
+# limit), ESV up to the EDV limit (EF can be ~1-5 %) and down to 1 mL (EF <= 95 %), SV 1-400 mL
+# (about 3x the healthy upper limit), EF 1-95 %.
+_P17 = "Petersen 2017 healthy range"
+_HARD = "hard physiological limit"
+_FOLLOW_UP = ("UK Biobank imaging began 2014 (baseline 2006): under 20 years of follow-up to "
+              "date; 30 years leaves room for any CMR-era cohort and still catches days or "
+              "months given as years")
+
+#: Every numeric column with plausibility bounds: column -> (low, high, unit, source). Used by
+#: the validation and rendered in data_manifests/README.md (:func:`plausible_ranges_markdown`).
+PLAUSIBLE_RANGES: dict[str, tuple[float, float, str, str]] = {
+    "lvedv_ml": (20.0, 800.0, "mL", f"{_P17} 88-214 mL; {_HARD}"),
+    "lvesv_ml": (1.0, 800.0, "mL", f"{_P17} 31-95 mL; {_HARD} (EF 1-95 % of EDV)"),
+    "lvsv_ml": (1.0, 400.0, "mL", f"{_P17} 48-135 mL; {_HARD}"),
+    "lvef_pct": (1.0, 95.0, "%", f"{_P17} 48-71 %; {_HARD}"),
+    "lvm_g": (20.0, 800.0, "g", f"{_P17} 45-141 g; {_HARD}"),
+    "rvedv_ml": (20.0, 800.0, "mL", f"{_P17} 85-237 mL; {_HARD}"),
+    "rvesv_ml": (1.0, 800.0, "mL", f"{_P17} 27-124 mL; {_HARD} (EF 1-95 % of EDV)"),
+    "rvsv_ml": (1.0, 400.0, "mL", f"{_P17} 48-129 mL; {_HARD}"),
+    "rvef_pct": (1.0, 95.0, "%", f"{_P17} 43-68 %; {_HARD}"),
+    "age_years": (0.0, 120.0, "years", f"{_HARD} (UK Biobank imaging ages ~45-82)"),
+    "bmi": (10.0, 80.0, "kg/m²", f"{_HARD} (WHO obesity class III starts at 40)"),
+    "sbp_mmhg": (50.0, 300.0, "mmHg", f"{_HARD} (a value in kPa falls below 50)"),
+    **{f"{c}_time_years": (0.0, 30.0, "years", _FOLLOW_UP) for c in CONDITIONS},
 }
+assert set(PHENOTYPES) <= set(PLAUSIBLE_RANGES)
+#: Consistency of the phenotypes, for values rounded to whole mL and %: SV = EDV - ESV within
+#: 2 mL (three roundings of 0.5 mL); EF = 100 (EDV - ESV) / EDV within 3 percentage points
+#: (rounding moves it by up to 100/EDV + 0.5 points: under 3 for EDV >= 40 mL).
+SV_TOLERANCE_ML: float = 2.0
+EF_TOLERANCE_PCT: float = 3.0
+
 _CATEGORY_VALUES: dict[str, set[int]] = {
     "sex": {0, 1},
     "smoking": {0, 1, 2},
@@ -142,12 +177,15 @@ def validate_manifest(
     if missing:
         return [Problem("", c, "required column is missing") for c in missing]
     problems: list[Problem] = []
+    if len(df) == 0:
+        problems.append(Problem("", "subject_id", "manifest has no subjects"))
     problems += _check_ids(df["subject_id"])
     if check_files:
         problems += _check_files(df, Path(root), verify_checksums, required)
-    problems += _check_phenotypes(df)
+    problems += _check_numbers(df)
     problems += _check_outcomes(df)
-    problems += _check_covariates(df)
+    problems += _check_categories(df)
+    problems += _check_other_finite(df)
     if "split" in df.columns:
         bad = ~df["split"].isin(SPLITS)
         problems += [Problem(s, "split", f"split {v!r} is not one of {SPLITS}")
@@ -220,23 +258,53 @@ def _existing_file(path: Path, column: str) -> Path | None:
     return None
 
 
-def _check_phenotypes(df: pd.DataFrame) -> list[Problem]:
+def _check_numbers(df: pd.DataFrame) -> list[Problem]:
+    """Numbers, finite, inside :data:`PLAUSIBLE_RANGES`; EF in percent; volumes consistent."""
     problems = []
-    for col in PHENOTYPES:
+    clean: dict[str, pd.Series] = {}  # plausible values only (NaN elsewhere)
+    for col, (lo, hi, unit, _) in PLAUSIBLE_RANGES.items():
         if col not in df.columns:
             continue
         values = pd.to_numeric(df[col], errors="coerce")
-        non_numeric = values.isna() & ~df[col].isna()
-        problems += _flag(df, non_numeric, col, "is not a number")
-        if col.endswith("_pct"):
-            problems += _flag(df, (values < 0) | (values > 100), col, "EF must be within 0-100 %")
-        else:  # volumes (mL) and mass (g)
-            problems += _flag(df, values < 0, col, "must not be negative")
+        given = df[col].notna() & (df[col].astype(str).str.strip() != "")
+        problems += _flag(df, values.isna() & given, col, "is not a number")
+        finite = np.isfinite(values)
+        problems += _flag(df, values.notna() & ~finite, col, "is not finite")
+        if col.endswith("_pct") and finite.any() and values[finite].median() <= 1.0:
+            # the unit of the column is wrong, not each subject: one problem, not thousands
+            problems.append(Problem("", col, f"EF looks like a fraction (median "
+                                             f"{values[finite].median():g}): give it in percent, "
+                                             "multiply the column by 100"))
+            continue
+        outside = finite & ((values < lo) | (values > hi))
+        problems += _flag(df, outside, col, f"outside the plausible range {lo:g}-{hi:g} {unit}")
+        clean[col] = values.where(finite & ~outside)
     for side in ("lv", "rv"):
-        edv, esv = f"{side}edv_ml", f"{side}esv_ml"
-        if edv in df.columns and esv in df.columns:
-            bad = pd.to_numeric(df[esv], errors="coerce") > pd.to_numeric(df[edv], errors="coerce")
-            problems += _flag(df, bad, esv, f"end-systolic volume exceeds {edv}")
+        problems += _check_volumes(df, clean, side)
+    return problems
+
+
+def _check_volumes(df: pd.DataFrame, clean: dict[str, pd.Series], side: str) -> list[Problem]:
+    edv_col, esv_col, sv_col, ef_col = (f"{side}{x}" for x in ("edv_ml", "esv_ml", "sv_ml",
+                                                                "ef_pct"))
+    if edv_col not in clean or esv_col not in clean:
+        return []
+    edv, esv = clean[edv_col], clean[esv_col]
+    problems = _flag(df, esv > edv, esv_col, f"end-systolic volume exceeds {edv_col}")
+    sv = edv - esv
+    checks = []
+    if sv_col in clean:
+        checks.append((sv_col, clean[sv_col], sv, SV_TOLERANCE_ML, "mL",
+                       f"{edv_col} - {esv_col}"))
+    if ef_col in clean:
+        checks.append((ef_col, clean[ef_col], 100.0 * sv / edv, EF_TOLERANCE_PCT, "%",
+                       f"100 ({edv_col} - {esv_col}) / {edv_col}"))
+    for col, got, want, tol, unit, formula in checks:
+        bad = ((got - want).abs() > tol) & (esv <= edv)
+        problems += [Problem(str(sid), col, f"is not {formula} = {w:.1f} {unit} within "
+                                            f"{tol:g} {unit} (found {g!r})")
+                     for sid, g, w in zip(df["subject_id"][bad], df[col][bad], want[bad],
+                                          strict=True)]
     return problems
 
 
@@ -249,30 +317,44 @@ def _check_outcomes(df: pd.DataFrame) -> list[Problem]:
                 values = pd.to_numeric(df[col], errors="coerce")
                 bad = ~(values.isin([0, 1]) | df[col].isna())
                 problems += _flag(df, bad, col, "must be 0, 1 or empty")
-        col = f"{cond}_time_years"
-        if col in df.columns:
-            values = pd.to_numeric(df[col], errors="coerce")
-            problems += _flag(df, values < 0, col, "follow-up time must not be negative")
-            event = f"{cond}_event"
-            if event in df.columns:
-                no_time = df[event].notna() & values.isna()
-                problems += _flag(df, no_time, col, f"{event} is given but the time is missing")
+        col, event = f"{cond}_time_years", f"{cond}_event"
+        if col in df.columns and event in df.columns:
+            no_time = df[event].notna() & pd.to_numeric(df[col], errors="coerce").isna()
+            problems += _flag(df, no_time, col, f"{event} is given but the time is missing")
     return problems
 
 
-def _check_covariates(df: pd.DataFrame) -> list[Problem]:
+def _check_categories(df: pd.DataFrame) -> list[Problem]:
     problems = []
-    for col, (lo, hi) in _COVARIATE_BOUNDS.items():
-        if col in df.columns:
-            values = pd.to_numeric(df[col], errors="coerce")
-            problems += _flag(df, (values < lo) | (values > hi), col,
-                              f"outside the plausible range {lo:g}-{hi:g}")
     for col, allowed in _CATEGORY_VALUES.items():
         if col in df.columns:
             values = pd.to_numeric(df[col], errors="coerce")
             bad = df[col].notna() & ~values.isin(sorted(allowed))
             problems += _flag(df, bad, col, f"must be one of {sorted(allowed)}")
     return problems
+
+
+def _check_other_finite(df: pd.DataFrame) -> list[Problem]:
+    """No inf in any other numeric column (e.g. the ECG measurements of the UKB builder)."""
+    checked = set(PLAUSIBLE_RANGES) | set(_CATEGORY_VALUES) | {
+        c + s for c in CONDITIONS for s in ("_ever", "_event")}
+    problems = []
+    for col in df.columns:
+        if col not in checked and pd.api.types.is_float_dtype(df[col]):
+            problems += _flag(df, np.isinf(df[col]), col, "is not finite")
+    return problems
+
+
+def plausible_ranges_markdown() -> str:
+    """:data:`PLAUSIBLE_RANGES` as the Markdown table of data_manifests/README.md."""
+    time_cols = [f"{c}_time_years" for c in CONDITIONS]
+    rows = ["| column | plausible range | source / rule |", "|---|---|---|"]
+    for col, (lo, hi, unit, source) in PLAUSIBLE_RANGES.items():
+        if col in time_cols[1:]:
+            continue
+        name = "`<c>_time_years`" if col == time_cols[0] else f"`{col}`"
+        rows.append(f"| {name} | {lo:g}–{hi:g} {unit} | {source} |")
+    return "\n".join(rows)
 
 
 def _flag(df: pd.DataFrame, mask: pd.Series, column: str, what: str) -> list[Problem]:
