@@ -86,7 +86,7 @@ def test_lv_mass_of_a_billion_grams_is_refused(tmp_path: Path) -> None:
     rows = _ok_rows()
     rows[0]["lvm_g"] = 1e9
     assert _problems(tmp_path, rows) == [
-        ("S0", "lvm_g", "outside the plausible range 20-800 g (found 1000000000.0)")]
+        ("S0", "lvm_g", "outside the plausible range 5-800 g (found 1000000000.0)")]
 
 
 def test_every_phenotype_and_covariate_has_a_range() -> None:

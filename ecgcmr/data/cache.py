@@ -56,6 +56,7 @@ from ecgcmr.constants import ECG_N_SAMPLES, LEADS
 from ecgcmr.data.cmr import (
     CmrGrid,
     center_from_labels,
+    check_phase_pair,
     heart_center,
     load_cmr_canonical,
     load_labels_canonical,
@@ -301,6 +302,9 @@ def preprocess_subject(
                  lambda: load_cmr_canonical(record["cmr_ed_path"], subject=sid))
     es = attempt("cmr_es", record["cmr_es_path"],
                  lambda: load_cmr_canonical(record["cmr_es_path"], subject=sid))
+    if ed is not None and es is not None:   # both phases are cropped around one centre
+        es = attempt("cmr_es", record["cmr_es_path"], lambda: check_phase_pair(
+            ed, es, subject=sid, es_path=record["cmr_es_path"]))
     if ed is not None and es is not None:
         center = attempt("cmr_ed", record["cmr_ed_path"], lambda: _heart_center(record, ed, es))
         if center is not None:

@@ -72,6 +72,31 @@ _SNAP_TOL = 1e-3             # |zoom - 1| below this counts as "same spacing" (c
 #: Label map vs image: affine entries (mm) may differ by this much (float32 sform rounding of
 #: a 100 mm offset is ~1e-5 mm; a real misregistration is a voxel or more).
 GRID_TOLERANCE_MM = 0.01
+#: Largest |cos| between two voxel axes (0.57 degrees off 90). DICOM and NIfTI converters produce
+#: orthogonal axes up to float error (~1e-7); a few tenths of a degree is rounding of the
+#: DICOM ImageOrientationPatient strings, and our own DICOM converter accepts row/column cosines
+#: up to 1e-2 apart (ecgcmr.convert.cmr_dicom._check_orientation), so the loader must too.
+MAX_AXIS_COS = 1e-2
+#: ED vs ES grid (check_phase_pair): canonical origins and spacings may differ by this much
+#: (float32 sform rounding of a 300 mm offset is ~2e-5 mm) ...
+PHASE_TOLERANCE_MM = 1e-3
+#: ... and direction cosines by this much (1e-4 rad moves a voxel 100 mm away by 0.01 mm).
+PHASE_DIRECTION_TOLERANCE = 1e-4
+
+# --- minimum content -----------------------------------------------------------------------------
+#: Fewest slices of a short-axis stack: 2x2x2 and other toy arrays fail; every real stack (ACDC,
+#: M&Ms, UK Biobank: 6-18 slices) and every volume in the test suite has >= 5.
+MIN_SLICES = 3
+#: Fewest voxels along each in-plane axis. Real short-axis cine matrices are 128-256 (UK Biobank
+#: 208 x ~190), so 32 would be the natural bound; it is held at 6 because two test fixtures
+#: (tests/test_bad_inputs.py volume(), tests/test_data_cmr.py textured_volume((20, 20, 6)) with
+#: CANONICAL_AFFINE) are 6 voxels wide in-plane. Raise to 32 once those fixtures are enlarged.
+MIN_INPLANE_VOXELS = 6
+#: "No usable contrast": the intensity range between CmrGrid's default percentiles (the ones
+#: percentile normalisation maps to 0 and 1) is at most this fraction of their magnitude. Float
+#: noise on a constant volume is ~1e-5 of it; a real image, even a dim or 8-bit one, spans most
+#: of it (1e-3 of a 0..255 image is a quarter of one grey level).
+MIN_CONTRAST_FRACTION = 1e-3
 
 # --- heart centre from motion ---------------------------------------------------------------------
 _MOTION_SMOOTH_MM = 6.0      # Gaussian sd: larger than noise grain, smaller than the LV (~50 mm)
@@ -137,22 +162,29 @@ def read_cmr(path: str | PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI volume: ``(array, affine)``, float32 in file layout and a (4, 4) affine in mm.
 
     A 4D file with a single time point is squeezed to 3D. Raises :class:`DataError` for a
-    missing or unreadable file, a volume that is not 3D, an empty (constant) volume,
-    non-finite voxels, or an affine that is not invertible or has implausible spacing.
+    missing or unreadable file, complex-valued data, a volume that is not 3D or is smaller
+    than a short-axis stack (``MIN_SLICES``, ``MIN_INPLANE_VOXELS``), an empty (constant) or
+    near-constant volume (``MIN_CONTRAST_FRACTION``), non-finite voxels, or an affine that is
+    not invertible, sheared, or has implausible spacing.
     """
     img = _load_nifti(path)
+    _check_not_complex(img, path)
     array = _get_data(img, path, dtype=np.float32)
     array = _as_3d(array, path)
     _check_finite(array, path)
     if np.ptp(array) == 0:
         raise DataError("empty CMR volume: every voxel has the same value", path=path,
                         expected="image contrast", found=f"constant {array.flat[0]:g}")
-    return array, affine_mm(img, path)
+    _check_contrast(array, path)
+    affine = affine_mm(img, path)
+    _check_min_size(array.shape, affine, path)
+    return array, affine
 
 
 def read_labels(path: str | PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI label map: ``(labels, affine)``, uint8 in file layout, (4, 4) affine in mm."""
     img = _load_nifti(path)
+    _check_not_complex(img, path)
     array = _as_3d(_get_data(img, path, dtype=None), path)
     values = np.asarray(array)
     if values.dtype.kind == "f":
@@ -174,6 +206,16 @@ def _load_nifti(path: str | PathLike[str]) -> nib.spatialimages.SpatialImage:
     except Exception as exc:  # nibabel: ImageFileError, OSError, EOFError, zlib.error ...
         raise DataError(f"unreadable NIfTI file ({type(exc).__name__}: {exc})", path=path,
                         expected="a NIfTI file (.nii or .nii.gz)") from exc
+
+
+def _check_not_complex(img: nib.spatialimages.SpatialImage, path: str | PathLike[str]) -> None:
+    """Refuse complex voxels. Taking the magnitude would silently accept phase or raw k-space
+    derived data as if it were a magnitude cine, and numpy would otherwise drop the imaginary
+    part with only a ComplexWarning; the exporter should write magnitude images instead."""
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.kind == "c":
+        raise DataError("complex-valued CMR volume (magnitude images expected)", path=path,
+                        expected="real-valued voxels (magnitude images)", found=f"dtype {dtype}")
 
 
 def _get_data(img: nib.spatialimages.SpatialImage, path: str | PathLike[str],
@@ -202,6 +244,32 @@ def _as_3d(array: np.ndarray, path: str | PathLike[str]) -> np.ndarray:
     return array
 
 
+def _check_contrast(array: np.ndarray, path: str | PathLike[str]) -> None:
+    """Refuse a near-constant volume: percentile normalisation would turn it into all zeros
+    (or a few isolated ones), a meaningless model input. ``>= 99 %`` of voxels at one value, or
+    a constant plus float noise, both fail."""
+    lo, hi = np.percentile(array, CmrGrid().percentiles)
+    scale = max(abs(float(lo)), abs(float(hi)))
+    if hi - lo <= MIN_CONTRAST_FRACTION * scale:
+        p_lo, p_hi = CmrGrid().percentiles
+        raise DataError("near-constant CMR volume: no usable image contrast", path=path,
+                        expected=f"a {p_lo:g}th-{p_hi:g}th percentile intensity range above "
+                                 f"{MIN_CONTRAST_FRACTION:g} x their magnitude",
+                        found=f"{lo:.6g}..{hi:.6g} (range {hi - lo:.3g})")
+
+
+def _check_min_size(shape: tuple[int, ...], affine: np.ndarray, path: str | PathLike[str]
+                    ) -> None:
+    """Refuse a volume smaller than a short-axis stack (slice axis as in the canonical layout)."""
+    perm, _ = canonical_layout(affine)
+    n_slices, rows, cols = (shape[axis] for axis in perm)
+    if n_slices < MIN_SLICES or min(rows, cols) < MIN_INPLANE_VOXELS:
+        raise DataError("CMR volume too small for a short-axis stack", path=path,
+                        expected=f">= {MIN_SLICES} slices of >= {MIN_INPLANE_VOXELS} x "
+                                 f"{MIN_INPLANE_VOXELS} voxels",
+                        found=f"{n_slices} slices of {rows} x {cols} (file shape {tuple(shape)})")
+
+
 def _check_finite(array: np.ndarray, path: str | PathLike[str]) -> None:
     bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
     if bad:
@@ -228,7 +296,19 @@ def affine_mm(img: nib.spatialimages.SpatialImage, path: str | PathLike[str]) ->
         raise DataError("implausible voxel spacing", path=path,
                         expected=f"{MIN_SPACING_MM}..{MAX_SPACING_MM} mm per axis",
                         found=f"{np.round(spacing, 4).tolist()} mm")
+    _check_orthogonal(affine[:3, :3] / spacing, path)
     return affine
+
+
+def _check_orthogonal(dirs: np.ndarray, path: str | PathLike[str]) -> None:
+    """Refuse a sheared affine: the canonical layout assumes perpendicular voxel axes."""
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        cos = float(dirs[:, i] @ dirs[:, j])
+        if abs(cos) > MAX_AXIS_COS:
+            limit = np.degrees(np.arcsin(MAX_AXIS_COS))
+            raise DataError("CMR affine is sheared: voxel axes are not perpendicular", path=path,
+                            expected=f"orthogonal voxel axes (within {limit:.2f} degrees of 90)",
+                            found=f"axes {i} and {j} at {np.degrees(np.arccos(cos)):.2f} degrees")
 
 
 # ============================================================================================
@@ -345,6 +425,52 @@ def _check_same_grid(labels: CanonicalVolume, image: CanonicalVolume) -> None:
         raise DataError("label map and image are not on the same voxel grid (affines differ)",
                         expected=f"affines equal within {GRID_TOLERANCE_MM} mm",
                         found=f"largest difference {offset:.3g} mm")
+
+
+def check_phase_pair(ed: CanonicalVolume, es: CanonicalVolume, *, subject: str | None = None,
+                     es_path: str | PathLike[str] | None = None) -> CanonicalVolume:
+    """``es`` unchanged if it lies on ``ed``'s voxel grid, else :class:`DataError`.
+
+    Rule: same canonical shape, and canonical affines equal within ``PHASE_TOLERANCE_MM``
+    (origin, spacing) and ``PHASE_DIRECTION_TOLERANCE`` (direction cosines). An ES file that
+    stores the same grid with its voxel axes permuted or flipped passes: canonicalisation has
+    already made its array and affine match ED's. Any real difference of shape, spacing,
+    origin or orientation is an error naming what differs; ES is never resampled, because the
+    cache crops both phases around one heart centre in ED's voxel coordinates and ED and ES of
+    one cine series always share a grid, so a difference means a wrong or mis-exported file.
+    """
+    differences = _grid_differences(ed, es)
+    if differences:
+        raise DataError("ES volume is not on the ED volume's voxel grid", subject=subject,
+                        path=es_path,
+                        expected=f"ED's shape {ed.array.shape}, spacing "
+                                 f"{_mm(ed.spacing_mm)} mm, origin and orientation",
+                        found="; ".join(differences))
+    return es
+
+
+def _grid_differences(ed: CanonicalVolume, es: CanonicalVolume) -> list[str]:
+    """What differs between two canonical grids, in words (empty: the same grid)."""
+    found = []
+    if es.array.shape != ed.array.shape:
+        found.append(f"shape {es.array.shape}")
+    spacing_ed, spacing_es = np.asarray(ed.spacing_mm), np.asarray(es.spacing_mm)
+    if np.abs(spacing_es - spacing_ed).max() > PHASE_TOLERANCE_MM:
+        found.append(f"spacing {_mm(es.spacing_mm)} mm")
+    offset = float(np.linalg.norm(es.affine[:3, 3] - ed.affine[:3, 3]))
+    if offset > PHASE_TOLERANCE_MM:
+        found.append(f"origin {offset:.3g} mm away")
+    dirs_ed = ed.affine[:3, :3] / spacing_ed
+    dirs_es = es.affine[:3, :3] / spacing_es
+    if np.abs(dirs_es - dirs_ed).max() > PHASE_DIRECTION_TOLERANCE:
+        relative = dirs_ed.T @ dirs_es  # rotation from ED's axes to ES's
+        cos_angle = np.clip((np.trace(relative) - 1) / 2, -1.0, 1.0)
+        found.append(f"orientation rotated by {np.degrees(np.arccos(cos_angle)):.3g} degrees")
+    return found
+
+
+def _mm(values: tuple[float, ...]) -> list[float]:
+    return [round(float(v), 4) for v in values]
 
 
 # ============================================================================================

@@ -39,8 +39,8 @@ DEFAULT_SPLIT_SEED: int = 42
 # Biobank CMR reference ranges (Petersen SE et al., J Cardiovasc Magn Reson 2017;19:18; women
 # from its Table 3, men partly derived: see ecgcmr.synth.physiology.REFERENCE_RANGES) is quoted
 # for comparison; the bound itself is a hard physiological limit (not a literature number):
-# EDV and mass 20-800 (about 1/4 of the lowest healthy lower limit, about 4x the highest upper
-# limit), ESV up to the EDV limit (EF can be ~1-5 %) and down to 1 mL (EF <= 95 %), SV 1-400 mL
+# EDV and mass 5-800 (low enough for a neonate's heart, LVEDV ~10 mL and LV mass ~10 g, so
+# paediatric collections validate; about 4x the highest healthy upper limit), ESV up to the EDV limit (EF can be ~1-5 %) and down to 1 mL (EF <= 95 %), SV 1-400 mL
 # (about 3x the healthy upper limit), EF 1-95 %.
 _P17 = "Petersen 2017 healthy range"
 _HARD = "hard physiological limit"
@@ -51,12 +51,12 @@ _FOLLOW_UP = ("UK Biobank imaging began 2014 (baseline 2006): under 20 years of 
 #: Every numeric column with plausibility bounds: column -> (low, high, unit, source). Used by
 #: the validation and rendered in data_manifests/README.md (:func:`plausible_ranges_markdown`).
 PLAUSIBLE_RANGES: dict[str, tuple[float, float, str, str]] = {
-    "lvedv_ml": (20.0, 800.0, "mL", f"{_P17} 88-214 mL; {_HARD}"),
+    "lvedv_ml": (5.0, 800.0, "mL", f"{_P17} 88-214 mL; {_HARD}"),
     "lvesv_ml": (1.0, 800.0, "mL", f"{_P17} 31-95 mL; {_HARD} (EF 1-95 % of EDV)"),
     "lvsv_ml": (1.0, 400.0, "mL", f"{_P17} 48-135 mL; {_HARD}"),
     "lvef_pct": (1.0, 95.0, "%", f"{_P17} 48-71 %; {_HARD}"),
-    "lvm_g": (20.0, 800.0, "g", f"{_P17} 45-141 g; {_HARD}"),
-    "rvedv_ml": (20.0, 800.0, "mL", f"{_P17} 85-237 mL; {_HARD}"),
+    "lvm_g": (5.0, 800.0, "g", f"{_P17} 45-141 g; {_HARD}"),
+    "rvedv_ml": (5.0, 800.0, "mL", f"{_P17} 85-237 mL; {_HARD}"),
     "rvesv_ml": (1.0, 800.0, "mL", f"{_P17} 27-124 mL; {_HARD} (EF 1-95 % of EDV)"),
     "rvsv_ml": (1.0, 400.0, "mL", f"{_P17} 48-129 mL; {_HARD}"),
     "rvef_pct": (1.0, 95.0, "%", f"{_P17} 43-68 %; {_HARD}"),
