@@ -33,9 +33,13 @@ GAIN = 1000.0  # ADC steps per mV (1 µV per step)
 
 
 def ecg_signal(fs: float = ECG_FS_HZ, seconds: float = 10.0) -> np.ndarray:
-    """(n, 12) mV: a distinct smooth waveform per lead."""
+    """(n, 12) mV: a distinct smooth waveform per lead; III, aVR, aVL, aVF formed from I and II
+    as an electrocardiograph does (Einthoven, Goldberger: QC checks them)."""
     t = np.arange(round(fs * seconds)) / fs
-    return 0.8 * np.sin(2 * np.pi * np.linspace(1.1, 9.7, 12) * t[:, None] + np.arange(12))
+    x = 0.8 * np.sin(2 * np.pi * np.linspace(1.1, 9.7, 12) * t[:, None] + np.arange(12))
+    x[:, 2], x[:, 3] = x[:, 1] - x[:, 0], -(x[:, 0] + x[:, 1]) / 2
+    x[:, 4], x[:, 5] = x[:, 0] - x[:, 1] / 2, x[:, 1] - x[:, 0] / 2
+    return x
 
 
 def write_record(folder: Path, name: str, signal: np.ndarray, *, names: list[str] | None = None,

@@ -17,14 +17,24 @@ STEP_MV = 1.0 / GAIN_PER_MV
 
 
 def ecg_like(fs: float, seconds: float = 10.0, seed: int = 0) -> np.ndarray:
-    """(n, 12) mV: a distinct smooth waveform per lead (sines of different frequency/phase)."""
+    """(n, 12) mV: a distinct smooth waveform per lead (sines of different frequency/phase),
+    with III, aVR, aVL, aVF formed from I and II as an electrocardiograph does (QC checks it)."""
     rng = np.random.default_rng(seed)
     t = np.arange(round(fs * seconds)) / fs
     freqs = np.linspace(1.1, 9.7, 12)
     amps = rng.uniform(0.3, 1.5, 12)
     phases = rng.uniform(0, 2 * np.pi, 12)
-    return (amps * np.sin(2 * np.pi * freqs * t[:, None] + phases)
-            + 0.2 * np.sin(2 * np.pi * 0.7 * t)[:, None])
+    return with_limb_relations(amps * np.sin(2 * np.pi * freqs * t[:, None] + phases)
+                               + 0.2 * np.sin(2 * np.pi * 0.7 * t)[:, None])
+
+
+def with_limb_relations(x: np.ndarray) -> np.ndarray:
+    """(n, 12) -> a copy whose III, aVR, aVL, aVF follow Einthoven and Goldberger from I, II."""
+    x = x.copy()
+    lead_i, lead_ii = x[:, 0], x[:, 1]
+    x[:, 2], x[:, 3] = lead_ii - lead_i, -(lead_i + lead_ii) / 2
+    x[:, 4], x[:, 5] = lead_i - lead_ii / 2, lead_ii - lead_i / 2
+    return x
 
 
 def write_record(
@@ -113,12 +123,12 @@ def test_other_rates_resampled_keeping_frequency(tmp_path: Path, fs_in: int) -> 
     freq, amp, offset = 7.0, 1.0, 0.8  # a 7 Hz sine on every lead (distinct phases) + offset
     phases = np.linspace(0, np.pi, 12)
     t_in = np.arange(fs_in * 10) / fs_in
-    hea = write_record(tmp_path, f"r{fs_in}",
-                       offset + amp * np.sin(2 * np.pi * freq * t_in[:, None] + phases), fs=fs_in)
+    hea = write_record(tmp_path, f"r{fs_in}", with_limb_relations(
+        offset + amp * np.sin(2 * np.pi * freq * t_in[:, None] + phases)), fs=fs_in)
     ecg = load_ecg(hea)
     assert ecg.shape == (12, ECG_N_SAMPLES)
     t = np.arange(ECG_N_SAMPLES) / ECG_FS_HZ
-    expected = offset + amp * np.sin(2 * np.pi * freq * t[None, :] + phases[:, None])
+    expected = with_limb_relations(offset + amp * np.sin(2 * np.pi * freq * t[:, None] + phases)).T
     inner = slice(50, -50)  # 0.1 s from each end
     assert np.abs(ecg[:, inner] - expected[:, inner]).max() < 0.01
     # no ringing at the edges from the offset (zero padding gives 0.15-0.3 mV here)
@@ -216,7 +226,9 @@ def test_qc_passes_clean_record_with_exact_flat_baseline() -> None:
     # repeats for long runs, which must not read as clipping
     t = np.arange(ECG_N_SAMPLES) / ECG_FS_HZ
     beats = np.exp(-0.5 * ((t % 1.0 - 0.5) / 0.01) ** 2)  # 1 mV spike every second
-    clean = np.tile(np.round(beats, 3), (12, 1))
+    # distinct leads (QC rejects copies) with I, II -> III, aVR, aVL, aVF as Einthoven/Goldberger
+    scale = [0.6, 1.4, 0.8, -1.0, -0.1, 1.1, 0.3, 0.5, 0.7, 0.9, 1.2, 1.3]
+    clean = np.outer(scale, np.round(beats, 3))
     assert qc_ecg(clean, ECG_FS_HZ) == []
     assert qc_ecg(ecg_like(ECG_FS_HZ).T, ECG_FS_HZ) == []
 

@@ -44,7 +44,7 @@ from ecgcmr.convert.wfdb_out import write_wfdb
 # Private helpers of the WFDB reader, imported on purpose so DICOM leads and units follow the
 # very same rules: lead names/aliases/duplicates/missing, unit strings -> mV factor, and the
 # rational up/down factors of its resampler.
-from ecgcmr.data.ecg import _UNIT_TO_MV, _match_leads, _rational_ratio
+from ecgcmr.data.ecg import _UNIT_TO_MV, _match_leads, _rational_ratio, check_ecg_rate
 from ecgcmr.errors import DataError
 
 #: Storage SOP classes read (DICOM PS3.4 Annex B / PS3.6 Annex A).
@@ -160,6 +160,7 @@ def _groups(ds: Dataset) -> list[_Group]:
         if not (fs > 0 and n > 0):
             raise DataError(f"multiplex group {index + 1}: invalid sampling frequency or length",
                             expected="positive values", found=f"{fs} Hz, {n} samples")
+        check_ecg_rate(fs, what=f"SamplingFrequency of multiplex group {index + 1}")
         label = str(item.get("MultiplexGroupLabel", "") or "").strip().upper()
         groups.append(_Group(index=index, label=label, fs=fs, n_samples=n))
     return groups

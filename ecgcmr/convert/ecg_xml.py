@@ -46,8 +46,9 @@ from ecgcmr.constants import ECG_DURATION_S, LEADS
 from ecgcmr.convert.wfdb_out import write_wfdb
 
 # Lead-name matching (case, aliases, inverted leads, duplicates, missing leads) is the WFDB
-# reader's; a GE file must pass the very same rules. Private, imported on purpose.
-from ecgcmr.data.ecg import _match_leads
+# reader's; a GE file must pass the very same rules. Private, imported on purpose. The plausible
+# ECG sampling rates are the reader's too (one bound for every ECG the project reads).
+from ecgcmr.data.ecg import _match_leads, check_ecg_rate
 from ecgcmr.errors import DataError
 
 ROOT_TAG = "CardiologyXML"
@@ -121,7 +122,8 @@ def read_ge_xml(path: str | PathLike[str]) -> GeEcg:
 
     Raises :class:`DataError` naming the file for: unreadable/too large/not well-formed XML,
     entity declarations or external references, a root other than ``CardiologyXML``, no
-    ``StripData``, a missing/invalid ``SampleRate`` or ``Resolution``, a missing lead, leads of
+    ``StripData``, a missing/invalid/implausible ``SampleRate`` (outside
+    ``ECG_FS_MIN_HZ``-``ECG_FS_MAX_HZ``) or ``Resolution``, a missing lead, leads of
     different lengths, a length other than the declared ``ChannelSampleCountTotal``, a
     non-numeric sample, or a non-numeric measurement.
     """
@@ -203,6 +205,7 @@ def _sample_rate(block: Element, where: str) -> float:
     if not fs > 0:
         raise DataError(f"{where}: invalid SampleRate", expected="a positive number of Hz",
                         found=repr(element.text))
+    check_ecg_rate(fs, what=f"{where} SampleRate")
     return fs
 
 

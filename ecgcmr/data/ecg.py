@@ -63,6 +63,17 @@ _BYTES_PER_SAMPLE: dict[str, float] = {
 }
 _WFDB_INVALID_16 = -32768  # format 16's "no sample" code
 
+# --- sampling rate -----------------------------------------------------------------------------
+# Plausible rates of an ECG record, checked when a header (or a converter's source) is read.
+# Diagnostic ECGs are sampled at 250-1000 Hz (AHA/ACC/HRS standardisation recommendations,
+# Kligfield et al. 2007, Circulation 115:1306: >= 500 Hz); PTB-XL also ships a 100 Hz version.
+# Below 50 Hz the Nyquist frequency (25 Hz) cuts into the QRS complex's main energy (~5-40 Hz):
+# not an ECG any more. High-resolution / pacemaker-detecting recorders reach ~10-16 kHz; 20 kHz
+# leaves headroom. Beyond it a rate is a corrupt field (e.g. a sample count written as the
+# rate), and resampling it to 500 Hz would need a ratio below 1/(2 * 1000) (_rational_ratio).
+ECG_FS_MIN_HZ = 50.0
+ECG_FS_MAX_HZ = 20_000.0
+
 # --- resampling -------------------------------------------------------------------------------
 _MAX_RESAMPLE_DENOMINATOR = 1000  # rational approximation of fs_out/fs_in: error < 1e-6 relative
 _RESAMPLE_MARGIN_SAMPLES = 64     # extra input samples resampled past 10 s, then cut: no end edge
@@ -75,6 +86,38 @@ SATURATION_RUN_S = 0.05   # a signal stuck at its own extreme this long is clipp
                           # stays within one ADC step of its top for well under 20 ms)
 SATURATION_MIN_EXCURSION_MV = 0.5  # ... and that extreme lies this far from the lead's median,
                                    # so a noise-free flat baseline is never called "clipped"
+# Clipped peaks shorter than SATURATION_RUN_S: flat tops at the lead's extreme ADC code, each
+# entered and left steeply, on several beats. A natural peak whose samples stay on one ADC code
+# (q <= 5 µV/LSB, Kligfield et al. 2007) for >= 4 samples and >= 6 ms is a smooth cap there,
+# within q of its apex over a half-width h >= 2.5 ms; one sample plus 2 ms past the flat part
+# it has dropped by at most q * ((h + 1 sample + 2 ms) / h)^2 <= 5.4 q ~ 27 µV at any rate
+# >= 250 Hz (a cap flatter than a parabola, e.g. a Gaussian, drops less). A clipped R wave is cut
+# on its up- and downstroke (R waves rise ~1 mV in <= 40 ms, >= 25 µV/ms): >= 50 µV in 2 ms.
+# (The first sample off the plateau is skipped: it may lie anywhere just below the clip level.)
+CLIP_PLATEAU_S = 0.006    # a flat top at the extreme code lasting >= 6 ms ...
+CLIP_PLATEAU_MIN_SAMPLES = 4  # ... and >= 4 samples (12 ms at 500 Hz is 6 samples) ...
+CLIP_FLANK_S = 0.002      # ... whose signal, 2 ms beyond the first sample off it on each side, ...
+CLIP_FLANK_MV = 0.05      # ... lies >= 50 µV from the extreme on both sides ...
+CLIP_MIN_PLATEAUS = 3     # ... on >= 3 beats (a pattern, not one odd sample; 10 s holds >= 5 beats)
+# Two leads that are copies of each other: real leads never agree to within 1 µV (one ADC step
+# of a 1 µV/LSB recorder) at every sample of 10 s unless one was written into the other's slot.
+DUPLICATE_MAX_DIFF_MV = 0.001
+# Einthoven (II = I + III) and Goldberger (aVR = -(I+II)/2, aVL = I - II/2, aVF = II - I/2) hold
+# exactly for every electrocardiograph (the limb leads are differences of 3 electrode
+# potentials); a stored record departs only by quantisation. Each lead is rounded to its ADC
+# code independently: error sd q/sqrt(12), so a relation's residual has RMS <= q/2 (3 leads with
+# unit weights). Tolerance: max(10 µV = 2 steps of a 5 µV/LSB recorder, 3 q) where q is known
+# (the header's gain): a 6x margin. The residual's mean is removed first: a constant per-lead
+# offset (an amplifier's DC offset) is invisible after the 0.5 Hz high-pass of preprocessing.
+LIMB_RESIDUAL_MIN_MV = 0.01
+LIMB_RESIDUAL_STEPS = 3.0
+# (description, {lead: weight}): sum(weight * lead) is zero for a consistent record
+_LIMB_RELATIONS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("Einthoven: II ≠ I + III", {"II": 1.0, "I": -1.0, "III": -1.0}),
+    ("Goldberger: aVR ≠ -(I + II)/2", {"aVR": 1.0, "I": 0.5, "II": 0.5}),
+    ("Goldberger: aVL ≠ I - II/2", {"aVL": 1.0, "I": -1.0, "II": 0.5}),
+    ("Goldberger: aVF ≠ II - I/2", {"aVF": 1.0, "II": -1.0, "I": 0.5}),
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +143,13 @@ def read_ecg(path: str | PathLike[str]) -> tuple[np.ndarray, float]:
     header spec's "uncalibrated" default), which would scale the lead by an arbitrary factor.
     A signal file shorter than the header says is reported as truncated.
     """
+    ecg, fs, _ = _read_ecg(path)
+    return ecg, fs
+
+
+def _read_ecg(path: str | PathLike[str]) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """:func:`read_ecg` plus each lead's ADC step in mV (``(12,)``; None if the header's gains
+    could not be read)."""
     base = _record_base(path)
     hea = base.with_name(base.name + ".hea")
     if not hea.is_file():
@@ -125,12 +175,13 @@ def read_ecg(path: str | PathLike[str]) -> tuple[np.ndarray, float]:
     if units is None or len(units) != len(names):  # header text not parsable: trust wfdb
         units = [u or _DEFAULT_WFDB_UNITS for u in (wfdb_units or [None] * len(names))]
     columns, signs = _match_leads(names, hea)
+    gains = None
     if header.gains is not None and len(header.gains) == len(names):
-        for c in columns:
-            _check_gain(header.gains[c], names[c], hea)
-    factors = [_unit_factor(units[c], names[c], hea) for c in columns]
-    ecg = signal[:, columns].T * (np.asarray(signs) * np.asarray(factors))[:, None]
-    return ecg.astype(np.float32), header.fs
+        gains = _check_gains([header.gains[c] for c in columns], [names[c] for c in columns], hea)
+    factors = np.asarray([_unit_factor(units[c], names[c], hea) for c in columns])
+    ecg = signal[:, columns].T * (np.asarray(signs) * factors)[:, None]
+    steps = None if gains is None else factors / gains  # mV per ADC step
+    return ecg.astype(np.float32), header.fs, steps
 
 
 def _record_base(path: str | PathLike[str]) -> Path:
@@ -165,12 +216,22 @@ def _parse_header(hea: Path) -> _Header:
     if not np.isfinite(fs) or fs <= 0:
         raise DataError("invalid sampling frequency in WFDB header", path=hea,
                         expected="a positive number of Hz", found=repr(tokens[2]))
+    check_ecg_rate(fs, what="sampling frequency in WFDB header", path=hea)
     gain_fields = _gain_fields(lines)
     if gain_fields is None:
         return _Header(fs=fs, units=None, gains=None)
     units = [g.split("/", 1)[1] if "/" in g else _DEFAULT_WFDB_UNITS for g in gain_fields]
     gains = [re.split(r"[(/]", g, maxsplit=1)[0] for g in gain_fields]
     return _Header(fs=fs, units=units, gains=gains)
+
+
+def check_ecg_rate(fs: float, *, what: str = "sampling frequency",
+                   path: str | PathLike[str] | None = None) -> None:
+    """Raise :class:`DataError` unless ``ECG_FS_MIN_HZ <= fs <= ECG_FS_MAX_HZ``."""
+    if not ECG_FS_MIN_HZ <= fs <= ECG_FS_MAX_HZ:
+        raise DataError(f"implausible {what} for an ECG", path=path,
+                        expected=f"{ECG_FS_MIN_HZ:g}-{ECG_FS_MAX_HZ:g} Hz",
+                        found=f"{fs:.10g} Hz")
 
 
 def _gain_fields(lines: list[str]) -> list[str] | None:
@@ -186,7 +247,26 @@ def _gain_fields(lines: list[str]) -> list[str] | None:
     return [fields[2] if len(fields) > 2 else "" for fields in map(str.split, signal_lines)]
 
 
-def _check_gain(gain: str, lead_name: str, hea: Path) -> None:
+def _check_gains(gains: list[str], lead_names: list[str], hea: Path) -> np.ndarray:
+    """The ADC gains (steps per physical unit) as numbers, each finite and positive.
+
+    A negative gain inverts the lead (wfdb's own writer refuses one): reported with every lead
+    that has one.
+    """
+    values = np.asarray([_check_gain(g, name, hea) for g, name in zip(gains, lead_names,
+                                                                       strict=True)])
+    negative = values < 0
+    if negative.any():
+        leads = [name for name, neg in zip(lead_names, negative, strict=True) if neg]
+        raise DataError(f"ADC gain must be positive; negative for lead(s) {', '.join(leads)} "
+                        "(the lead would be inverted)", path=hea,
+                        expected="a positive number of ADC steps per physical unit",
+                        found=", ".join(f"{n}: {g}" for n, g, neg in zip(
+                            lead_names, gains, negative, strict=True) if neg))
+    return values
+
+
+def _check_gain(gain: str, lead_name: str, hea: Path) -> float:
     """A usable ADC gain: a finite non-zero number (steps per physical unit)."""
     try:
         value = float(gain)
@@ -196,6 +276,7 @@ def _check_gain(gain: str, lead_name: str, hea: Path) -> None:
         raise DataError(f"uncalibrated lead {lead_name!r}: ADC gain missing, zero or not a number",
                         path=hea, expected="a non-zero number of ADC steps per physical unit",
                         found=repr(gain))
+    return value
 
 
 def _read_simple_record(base: Path, hea: Path
@@ -344,14 +425,15 @@ def load_ecg(
     Raises :class:`DataError` for a record shorter than 10 s or one failing :func:`qc_ecg`.
     """
     try:
-        ecg, fs_in = read_ecg(path)
-        return _to_rate_and_length(ecg, fs_in, fs, n_samples, path)
+        ecg, fs_in, steps = _read_ecg(path)
+        return _to_rate_and_length(ecg, fs_in, fs, n_samples, path, steps)
     except DataError as exc:
         raise exc.with_context(subject=subject, path=path) from exc
 
 
 def _to_rate_and_length(
-    ecg: np.ndarray, fs_in: float, fs: int, n_samples: int, path: str | PathLike[str]
+    ecg: np.ndarray, fs_in: float, fs: int, n_samples: int, path: str | PathLike[str],
+    steps: np.ndarray | None = None,
 ) -> np.ndarray:
     up, down = _rational_ratio(fs, fs_in)
     needed = -(-n_samples * down // up)  # input samples that make n_samples output samples
@@ -359,7 +441,7 @@ def _to_rate_and_length(
         raise DataError("ECG record is too short", path=path,
                         expected=f">= {n_samples / fs:g} s",
                         found=f"{ecg.shape[1] / fs_in:.3f} s ({ecg.shape[1]} samples at {fs_in:g} Hz)")
-    problems = qc_ecg(ecg[:, :needed], fs_in)
+    problems = qc_ecg(ecg[:, :needed], fs_in, step_mv=steps)
     if problems:
         raise DataError("ECG failed quality control: " + "; ".join(problems), path=path)
     if up == down:
@@ -374,17 +456,31 @@ def _to_rate_and_length(
 def _rational_ratio(fs_out: float, fs_in: float) -> tuple[int, int]:
     """``up/down`` ~ ``fs_out/fs_in`` in lowest terms, ``down <= 1000`` (e.g. 500/360 -> 25/18)."""
     ratio = Fraction(float(fs_out) / float(fs_in)).limit_denominator(_MAX_RESAMPLE_DENOMINATOR)
+    if ratio.numerator <= 0:  # fs_out/fs_in < 1/2000: every later step would divide by zero
+        raise DataError("sampling rates too far apart to resample",
+                        expected=f"a rate ratio >= 1/{2 * _MAX_RESAMPLE_DENOMINATOR}",
+                        found=f"{float(fs_in):.10g} Hz -> {float(fs_out):.10g} Hz")
     return ratio.numerator, ratio.denominator
 
 
-def qc_ecg(ecg: np.ndarray, fs: float) -> list[str]:
+def qc_ecg(ecg: np.ndarray, fs: float, *, step_mv: float | np.ndarray | None = None
+           ) -> list[str]:
     """Quality problems of a ``(12, T)`` mV record at ``fs`` Hz; empty if it is usable.
+
+    Run on the raw samples at the record's own rate (before any resampling or filtering), so
+    quantisation is the only departure from the relations between leads. ``step_mv``: the ADC
+    step of each lead in mV (scalar or ``(12,)``), when known; it widens the limb-lead
+    tolerance for coarse recorders.
 
     Checks, each naming the leads concerned: non-finite samples; flat leads (peak-to-peak
     < FLAT_PTP_MV or sd < FLAT_SD_MV: electrode off or channel not recorded); saturated or
     clipped leads (any ``|x| > SATURATION_MV``, or a run of at least SATURATION_RUN_S stuck at
     the lead's own max or min when that extreme is at least SATURATION_MIN_EXCURSION_MV from
-    the lead's median).
+    the lead's median); clipped peaks (CLIP_MIN_PLATEAUS or more short flat tops at the lead's
+    extreme, see CLIP_PLATEAU_S); duplicated leads (two leads within DUPLICATE_MAX_DIFF_MV at
+    every sample); limb leads that break Einthoven's or Goldberger's relations (RMS residual
+    above max(LIMB_RESIDUAL_MIN_MV, LIMB_RESIDUAL_STEPS * step)). Leads that are non-finite or
+    flat are left out of the last three checks.
     """
     x = np.asarray(ecg, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != len(LEADS):
@@ -410,7 +506,93 @@ def qc_ecg(ecg: np.ndarray, fs: float) -> list[str]:
         problems.append(f"saturated/clipped leads (|x| > {SATURATION_MV:g} mV or >= "
                         f"{SATURATION_RUN_S * 1000:g} ms stuck at the lead's extreme): "
                         f"{_names(saturated)}")
+    usable = ok & ~flat
+    clipped = np.array([usable[i] and not saturated[i] and _has_clipped_peaks(x[i], fs)
+                        for i in range(len(LEADS))])
+    if clipped.any():
+        problems.append(f"clipped peaks (>= {CLIP_MIN_PLATEAUS} flat tops of >= "
+                        f"{CLIP_PLATEAU_S * 1000:g} ms at the lead's extreme ADC code, entered and "
+                        f"left steeply): {_names(clipped)}")
+    duplicates = _duplicate_groups(x, usable)
+    if duplicates:
+        problems.append(f"duplicated leads (identical copies, every sample within "
+                        f"{DUPLICATE_MAX_DIFF_MV * 1000:g} µV): "
+                        + "; ".join(" = ".join(group) for group in duplicates))
+    limb = _limb_relation_problem(x, usable, step_mv)
+    if limb:
+        problems.append(limb)
     return problems
+
+
+def _has_clipped_peaks(lead: np.ndarray, fs: float) -> bool:
+    """At least CLIP_MIN_PLATEAUS flat tops at the lead's max (or min) ADC code, each lasting
+    >= CLIP_PLATEAU_S and with the signal CLIP_FLANK_S beyond the first sample off it, on both
+    sides, >= CLIP_FLANK_MV away from that extreme: peaks cut off by clipping, not a smooth
+    natural peak."""
+    median = np.median(lead)
+    min_len = max(CLIP_PLATEAU_MIN_SAMPLES, round(CLIP_PLATEAU_S * fs))
+    flank = max(1, round(CLIP_FLANK_S * fs))
+    for extreme, sign in ((lead.max(), 1.0), (lead.min(), -1.0)):
+        if abs(extreme - median) < SATURATION_MIN_EXCURSION_MV:
+            continue
+        starts, stops = _runs(np.abs(lead - extreme) <= 1e-6)  # one ADC code: one value
+        n_clipped = 0
+        for start, stop in zip(starts, stops, strict=True):
+            before, after = start - 1 - flank, stop + flank
+            if stop - start < min_len or before < 0 or after >= lead.size:
+                continue
+            drops = sign * (extreme - lead[[before, after]])
+            n_clipped += bool((drops >= CLIP_FLANK_MV).all())
+        if n_clipped >= CLIP_MIN_PLATEAUS:
+            return True
+    return False
+
+
+def _duplicate_groups(x: np.ndarray, usable: np.ndarray) -> list[list[str]]:
+    """Groups (in LEADS order) of usable leads that are copies of one another."""
+    rows = [int(i) for i in np.flatnonzero(usable)]
+    grouped: set[int] = set()
+    groups = []
+    for i in rows:
+        if i in grouped:
+            continue
+        group = [i] + [j for j in rows if j > i and j not in grouped
+                       and np.abs(x[i] - x[j]).max() <= DUPLICATE_MAX_DIFF_MV]
+        if len(group) > 1:
+            groups.append([LEADS[k] for k in group])
+            grouped.update(group)
+    return groups
+
+
+def _limb_relation_problem(x: np.ndarray, usable: np.ndarray,
+                           step_mv: float | np.ndarray | None) -> str | None:
+    """Einthoven's and Goldberger's relations between the usable limb leads; a message naming
+    each broken relation and the lead(s) that would explain it, or None."""
+    index = {lead: i for i, lead in enumerate(LEADS)}
+    steps = np.zeros(len(LEADS)) if step_mv is None else np.broadcast_to(
+        np.abs(np.asarray(step_mv, dtype=np.float64)), (len(LEADS),))
+    broken, consistent = [], []
+    for text, weights in _LIMB_RELATIONS:
+        rows = [index[lead] for lead in weights]
+        if not usable[rows].all():
+            continue
+        residual = np.asarray(list(weights.values())) @ x[rows]
+        rms = float(np.sqrt(np.mean((residual - residual.mean()) ** 2)))
+        tolerance = max(LIMB_RESIDUAL_MIN_MV, LIMB_RESIDUAL_STEPS * float(steps[rows].max()))
+        if rms > tolerance:
+            broken.append((text, set(weights), rms, tolerance))
+        else:
+            consistent.append(set(weights))
+    if not broken:
+        return None
+    # the lead(s) shared by every broken relation and absent from every consistent one
+    suspects = set.intersection(*(leads for _, leads, _, _ in broken)).difference(*consistent)
+    suspect = [lead for lead in LEADS if lead in suspects]
+    guess = (f" (lead {' or '.join(suspect)} replaced, mislabelled or inverted?)" if suspect
+             else "")
+    details = ", ".join(f"{text} (RMS residual {rms:.3f} mV > {tol:.3f} mV)"
+                        for text, _, rms, tol in broken)
+    return f"limb leads violate {details}{guess}"
 
 
 def _is_saturated(lead: np.ndarray, min_run: int) -> bool:
@@ -428,11 +610,14 @@ def _is_saturated(lead: np.ndarray, min_run: int) -> bool:
 
 def _longest_run(mask: np.ndarray) -> int:
     """Length of the longest run of True in a 1-D boolean array."""
-    if not mask.any():
-        return 0
+    starts, stops = _runs(mask)
+    return int((stops - starts).max()) if starts.size else 0
+
+
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and (exclusive) stops of the runs of True in a 1-D boolean array."""
     edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    return int((stops - starts).max())
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
 
 
 def _names(mask: np.ndarray) -> str:
