@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="cohort folder (created)")
     p.add_argument("--n", type=int, default=None, help="number of subjects (default: profile)")
     p.add_argument("--seed", type=int, default=0, help="cohort seed")
+    p.add_argument("--systolic-coupling", type=float, default=1.0,
+                   help="how much LVEF reaches the ECG: 1 the default world, 0 none (the "
+                        "negative control of the dual-phase claim), > 1 amplified")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.set_defaults(func=_synth)
 
@@ -130,6 +133,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--n-subjects", type=int, default=0)
     p.add_argument("--cohort-seed", type=int, default=0)
+    p.add_argument("--systolic-coupling", type=float, default=1.0,
+                   help="which synthetic world (see `ecgcmr synth --help`)")
     p.add_argument("--notch-hz", type=float, default=50.0)
 
 
@@ -138,7 +143,8 @@ def _open_cache(args: argparse.Namespace):  # noqa: ANN202 - returns ecgcmr.data
     from ecgcmr.runs import locate_cache, locate_manifest
 
     manifest = locate_manifest(args.manifest, profile=args.profile, n_subjects=args.n_subjects,
-                               cohort_seed=args.cohort_seed, data_dir=args.data_dir)
+                               cohort_seed=args.cohort_seed, data_dir=args.data_dir,
+                               systolic_coupling=args.systolic_coupling)
     spec = get_profile(args.profile).cache_spec(notch_hz=args.notch_hz or None)
     return locate_cache(manifest, spec, args.data_dir)
 
@@ -204,7 +210,8 @@ def _synth(args: argparse.Namespace) -> int:
     from ecgcmr.config import get_profile
     from ecgcmr.synth.cohort import generate_cohort
 
-    spec = get_profile(args.profile).cohort_spec(seed=args.seed, n_subjects=args.n)
+    spec = get_profile(args.profile).cohort_spec(seed=args.seed, n_subjects=args.n,
+                                                 systolic_coupling=args.systolic_coupling)
     manifest = generate_cohort(args.out, spec, workers=args.workers)
     print(f"wrote {spec.n_subjects} subjects; manifest: {manifest}")
     return 0

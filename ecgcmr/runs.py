@@ -52,9 +52,14 @@ def resolve(path: str | Path) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
-def synthetic_cohort_dir(data_dir: str | Path, profile: str, n_subjects: int, seed: int) -> Path:
-    """Where a synthetic cohort lives; shared by every run that uses the same cohort."""
-    return resolve(data_dir) / "synthetic" / f"{profile}-n{n_subjects}-seed{seed}"
+def synthetic_cohort_dir(data_dir: str | Path, profile: str, n_subjects: int, seed: int,
+                         systolic_coupling: float = 1.0) -> Path:
+    """Where a synthetic cohort lives; shared by every run that uses the same cohort. A
+    control world (``systolic_coupling`` other than the default 1) gets its own folder."""
+    name = f"{profile}-n{n_subjects}-seed{seed}"
+    if systolic_coupling != 1.0:
+        name += f"-coupling{systolic_coupling:g}"
+    return resolve(data_dir) / "synthetic" / name
 
 
 def run_path(name: str | None = None, root: str | Path = "runs") -> Path:
@@ -231,12 +236,14 @@ def locate_manifest(
     data_dir: str | Path = "data",
     generate: bool = False,
     workers: int = 1,
+    systolic_coupling: float = 1.0,
 ) -> Path:
     """The manifest a notebook works on.
 
     ``manifest`` set: the user's own (real data). Empty: the synthetic cohort of this profile,
-    size and seed, generated (or finished) here when ``generate`` is true, else it must exist
-    already and the error says which command makes it.
+    size, seed and systolic coupling (the controls' knob, ``ecgcmr.synth.physiology``),
+    generated (or finished) here when ``generate`` is true, else it must exist already and the
+    error says which command makes it.
     """
     from ecgcmr.config import get_profile
     from ecgcmr.errors import DataError
@@ -244,16 +251,20 @@ def locate_manifest(
 
     if manifest:
         return resolve(manifest)
-    spec = get_profile(profile).cohort_spec(seed=cohort_seed, n_subjects=n_subjects or None)
-    folder = synthetic_cohort_dir(data_dir, profile, spec.n_subjects, spec.seed)
+    spec = get_profile(profile).cohort_spec(seed=cohort_seed, n_subjects=n_subjects or None,
+                                            systolic_coupling=systolic_coupling)
+    folder = synthetic_cohort_dir(data_dir, profile, spec.n_subjects, spec.seed,
+                                  spec.systolic_coupling)
     if generate:
         return generate_cohort(folder, spec, workers=workers)
     path = folder / "manifest.csv"
     if not path.is_file():
+        coupling = (f" --systolic-coupling {systolic_coupling:g}"
+                    if systolic_coupling != 1.0 else "")
         raise DataError(
             "the synthetic cohort has not been generated yet; run notebook 00_cohort or "
-            f"`ecgcmr synth --profile {profile} --n {spec.n_subjects} --seed {spec.seed} "
-            f"--out {folder}`", path=path)
+            f"`ecgcmr synth --profile {profile} --n {spec.n_subjects} --seed {spec.seed}"
+            f"{coupling} --out {folder}`", path=path)
     return path
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -40,7 +41,7 @@ from ecgcmr.parallel import map_subjects
 from ecgcmr.synth.cmr import SaxSpec, measure_phenotypes, render_cmr, spacing_from_affine
 from ecgcmr.synth.ecg import simulate_ecg
 from ecgcmr.synth.outcomes import sample_outcomes
-from ecgcmr.synth.physiology import sample_state
+from ecgcmr.synth.physiology import DEFAULT_SYSTOLIC_COUPLING, sample_state
 
 #: Bump when the generator changes what it writes for a given seed.
 GENERATOR_VERSION = 1
@@ -62,13 +63,23 @@ class CohortSpec:
     seed: int = 0                   # the cohort's seed (not the training seed)
     sax: SaxSpec = field(default_factory=SaxSpec)  # how the CMR stacks are acquired
     generator_version: int = GENERATOR_VERSION
+    # how much LVEF reaches the ECG (ecgcmr.synth.physiology.DEFAULT_SYSTOLIC_COUPLING): 0 is
+    # the negative control of the dual-phase claim, > 1 a positive one
+    systolic_coupling: float = DEFAULT_SYSTOLIC_COUPLING
 
     def __post_init__(self) -> None:
         if self.n_subjects < 1:
             raise ValueError(f"n_subjects must be >= 1, got {self.n_subjects}")
+        if not (math.isfinite(self.systolic_coupling) and self.systolic_coupling >= 0):
+            raise ValueError(f"systolic_coupling must be a finite number >= 0, got "
+                             f"{self.systolic_coupling}")
 
     def to_json(self) -> dict[str, object]:
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored on disk
+        out = json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored on disk
+        if self.systolic_coupling == DEFAULT_SYSTOLIC_COUPLING:
+            del out["systolic_coupling"]   # the default world's cohort.json as before
+        return out
+
 
 
 def subject_id(index: int) -> str:
@@ -141,9 +152,9 @@ def make_subject(spec: CohortSpec, index: int) -> dict[str, object]:
     """Generate one subject in memory: latent state, ECG, CMR, outcomes, measured phenotypes."""
     streams = np.random.SeedSequence([spec.seed, index]).spawn(4)
     rng_state, rng_cmr, rng_ecg, rng_outcome = (np.random.default_rng(s) for s in streams)
-    state = sample_state(rng_state, subject_id(index))
+    state = sample_state(rng_state, subject_id(index), systolic_coupling=spec.systolic_coupling)
     cmr = render_cmr(state, rng_cmr, spec.sax)
-    ecg = simulate_ecg(state, rng_ecg, fs=ECG_FS_HZ)
+    ecg = simulate_ecg(state, rng_ecg, fs=ECG_FS_HZ, systolic_coupling=spec.systolic_coupling)
     outcomes = sample_outcomes(state, rng_outcome)
     phenotypes = measure_phenotypes(cmr.labels_ed, cmr.labels_es, spacing_from_affine(cmr.affine))
     return {"state": state, "cmr": cmr, "ecg": ecg, "outcomes": outcomes,

@@ -46,6 +46,7 @@ import numpy as np
 
 from ecgcmr.constants import LEADS
 from ecgcmr.errors import DataError
+from ecgcmr.synth.physiology import DEFAULT_SYSTOLIC_COUPLING
 
 # ============================================================================================
 # Electrodes and leads
@@ -256,7 +257,8 @@ LIMB_EMG_FACTOR: Final[float] = 1.5  # limb muscles are the usual source of trem
 # Public API
 # ============================================================================================
 def simulate_ecg(state: Mapping[str, object], rng: np.random.Generator, fs: int = 500,
-                 duration_s: float = 10.0) -> np.ndarray:
+                 duration_s: float = 10.0, *,
+                 systolic_coupling: float = DEFAULT_SYSTOLIC_COUPLING) -> np.ndarray:
     """A resting 12-lead ECG of one subject.
 
     Args:
@@ -266,6 +268,9 @@ def simulate_ecg(state: Mapping[str, object], rng: np.random.Generator, fs: int 
         rng: the subject's ECG random stream (the only source of randomness).
         fs: sampling rate (Hz).
         duration_s: strip length (s).
+        systolic_coupling: scales the LV strain term of low EF (see
+            ``ecgcmr.synth.physiology.DEFAULT_SYSTOLIC_COUPLING``); the draws are the same at
+            any setting.
 
     Returns:
         ``(12, round(fs * duration_s))`` float64 in mV, leads in ``ecgcmr.constants.LEADS``
@@ -278,7 +283,7 @@ def simulate_ecg(state: Mapping[str, object], rng: np.random.Generator, fs: int 
     resp_phase = rng.uniform(0.0, 2.0 * math.pi)
     in_af = bool(state["in_af"])
     beats = beat_times(state, rng, duration_s, resp_hz, resp_phase)
-    template, offset = _beat_template(state, rng, fs, with_p=not in_af)      # (3 S, L)
+    template, offset = _beat_template(state, rng, fs, not in_af, systolic_coupling)  # (3S, L)
     modulation = 1.0 + rng.uniform(*RESP_AMPLITUDE_MODULATION) * np.sin(
         2.0 * math.pi * resp_hz * beats + resp_phase)
     dipoles = _place_beats(template, offset, beats, modulation, fs, n)       # (3 S, T) mA cm
@@ -481,16 +486,18 @@ def _scatter_direction(rng: np.random.Generator, d: tuple[float, ...]) -> np.nda
     return _unit(_unit(d) + DIRECTION_JITTER_SD * rng.standard_normal(3))
 
 
-def _strain(state: Mapping[str, object], rng: np.random.Generator) -> float:
+def _strain(state: Mapping[str, object], rng: np.random.Generator,
+            systolic_coupling: float) -> float:
     """LV strain score in [0, 1]: 0 = normal T, 1 = T opposite to the QRS."""
     rel_mass = math.log(float(state["lvm_g"]) / SEX_REF_LVM_G[int(state["sex"])])
     score = (STRAIN_PER_LOG_MASS * max(0.0, rel_mass - STRAIN_MASS_THRESHOLD)
-             + STRAIN_PER_EF_BELOW_45 * max(0.0, 0.45 - float(state["lvef"]))
+             + systolic_coupling * STRAIN_PER_EF_BELOW_45 * max(0.0, 0.45 - float(state["lvef"]))
              + STRAIN_SD * rng.standard_normal())
     return float(np.clip(score, 0.0, 1.0))
 
 
-def _lobes(state: Mapping[str, object], rng: np.random.Generator, with_p: bool) -> list[Lobe]:
+def _lobes(state: Mapping[str, object], rng: np.random.Generator, with_p: bool,
+           systolic_coupling: float) -> list[Lobe]:
     """All lobes of one beat (QRS onset at 0 s), in the subject's orientation.
 
     Calibration (amplitudes tuned so that a cohort drawn from ``sample_state`` measures, in
@@ -532,7 +539,7 @@ def _lobes(state: Mapping[str, object], rng: np.random.Generator, with_p: bool) 
              * math.exp(T_AMPLITUDE_LOG_SD * rng.standard_normal()))
     t_rot = qrs_rot @ _frontal_rotation(T_EXTRA_AXIS_SD_DEG * rng.standard_normal())
     normal_t = t_rot @ _scatter_direction(rng, _T_DIRECTION)
-    strain = _strain(state, rng)
+    strain = _strain(state, rng, systolic_coupling)
     if conduction:
         t_dir, a_shape, b_shape = -_unit(mean_qrs), T_SHAPE_A_LBBB, T_SHAPE_B_LBBB
         strain = 1.0
@@ -557,12 +564,12 @@ def _lobes(state: Mapping[str, object], rng: np.random.Generator, with_p: bool) 
 
 
 def _beat_template(state: Mapping[str, object], rng: np.random.Generator, fs: int,
-                   with_p: bool) -> tuple[np.ndarray, int]:
+                   with_p: bool, systolic_coupling: float) -> tuple[np.ndarray, int]:
     """((3 S, L) dipoles of one beat at the S sites of ``SITES``, mA cm; QRS onset index).
 
     Rows ``3 s .. 3 s + 2`` hold the (x, y, z) dipole at site ``SITES[s]``.
     """
-    lobes = _lobes(state, rng, with_p)
+    lobes = _lobes(state, rng, with_p, systolic_coupling)
     start = min(lobe.start_s for lobe in lobes)
     end = max(lobe.end_s for lobe in lobes)
     i0 = int(math.floor(start * fs)) - 1

@@ -320,6 +320,18 @@ HR_LOG_CURRENT_SMOKER: Final[float] = 0.05
 # (partial compensation, exponent -0.25) and a low EF adds sympathetic drive.
 HR_LOG_PER_LOG_SV: Final[float] = -0.25
 HR_LOG_PER_EF_POINT_BELOW_50: Final[float] = 0.004
+
+# Systolic coupling: how much of the subject's systolic function (LVEF, hence LVESV given
+# LVEDV) reaches the ECG, the knob of the dual-phase controls (docs/controls.md). It scales
+# every path from EF to the ECG, and nothing else:
+#   1. heart rate: the stroke-volume term splits into an ED part, -0.25 log(LVEDV / expected),
+#      which stays, and a systolic part, -0.25 log(LVEF / reference LVEF), which is scaled;
+#   2. heart rate: the sympathetic term for EF below 50 % is scaled;
+#   3. T waves: the LV strain term for EF below 45 % (ecgcmr.synth.ecg) is scaled.
+# At 0 the ECG is independent of LVEF (so of ES anatomy) given ED anatomy and everything else
+# the simulator reads; at 1 it is the default world (the terms above as cited); above 1 the
+# systolic signal is amplified (a positive control, not a physiological claim).
+DEFAULT_SYSTOLIC_COUPLING: Final[float] = 1.0
 HR_LOG_IN_AF: Final[float] = 0.18  # ventricular rate in (rate-controlled) AF is higher
 # PR: women 158 ms (WHI, PMC3825808 Table 2; SD ~22 ms in the Hispanic/Asian strata); men a few
 # ms longer (estimate). Lengthens with age and shortens at higher heart rates.
@@ -401,12 +413,16 @@ def qt_from_qtc_ms(qtc_ms: float, heart_rate_bpm: float) -> float:
     return qtc_ms - FRAMINGHAM_QT_SLOPE_MS * (1.0 - rr_s)
 
 
-def sample_state(rng: np.random.Generator, subject_id: str) -> dict[str, object]:
+def sample_state(rng: np.random.Generator, subject_id: str, *,
+                 systolic_coupling: float = DEFAULT_SYSTOLIC_COUPLING) -> dict[str, object]:
     """Draw one subject's latent cardiac state.
 
     Args:
         rng: the subject's random stream (the only source of randomness).
         subject_id: copied into the state.
+        systolic_coupling: how much LVEF moves the heart rate (see
+            :data:`DEFAULT_SYSTOLIC_COUPLING`); the draws, and so every other value, are the
+            same at any setting.
 
     Returns:
         A flat dict with exactly the keys of :data:`STATE_KEYS`: ``sex`` int (0 female,
@@ -425,7 +441,7 @@ def sample_state(rng: np.random.Generator, subject_id: str) -> dict[str, object]
     geom = _sample_geometry(draws, cov)
     _apply_archetype(draws, geom, archetype)
     _clip_geometry(geom)
-    ecg = _sample_ecg_intervals(draws, cov, geom, archetype, in_af)
+    ecg = _sample_ecg_intervals(draws, cov, geom, archetype, in_af, systolic_coupling)
     azimuth, elevation = _sample_orientation(draws, cov, archetype)
     state: dict[str, object] = {
         "subject_id": str(subject_id),
@@ -622,16 +638,21 @@ def _clip_geometry(geom: dict[str, float]) -> None:
 
 
 def _sample_ecg_intervals(draws: _Draws, cov: Mapping[str, float | int],
-                          geom: Mapping[str, float], archetype: str,
-                          in_af: bool) -> dict[str, float]:
+                          geom: Mapping[str, float], archetype: str, in_af: bool,
+                          systolic_coupling: float) -> dict[str, float]:
     """Heart rate, PR, QRS and QT (at that heart rate), in bpm and ms."""
     sex, age = cov["sex"], cov["age_years"]
     lvsv = geom["lvedv_ml"] * geom["lvef"]
+    # log(SV / expected SV) = log(EDV / expected EDV) + log(EF / reference EF); only the EF
+    # part is scaled (subtracting exactly 0.0 at coupling 1 keeps the default world's bits)
+    log_sv = (math.log(lvsv / geom["lvsv_expected_ml"]) - (1.0 - systolic_coupling)
+              * math.log(100.0 * geom["lvef"] / reference_mean_sd("lvef_pct", sex)[0]))
     log_hr = (math.log(HR_BASE_BPM[sex]) + HR_LOG_PER_YEAR * (age - REF_AGE_YEARS)
               + HR_LOG_PER_BMI_UNIT * (cov["bmi"] - BMI_MEAN[sex])
               + HR_LOG_CURRENT_SMOKER * (cov["smoking"] == 2)
-              + HR_LOG_PER_LOG_SV * math.log(lvsv / geom["lvsv_expected_ml"])
-              + HR_LOG_PER_EF_POINT_BELOW_50 * max(0.0, 50.0 - 100.0 * geom["lvef"])
+              + HR_LOG_PER_LOG_SV * log_sv
+              + systolic_coupling * HR_LOG_PER_EF_POINT_BELOW_50
+              * max(0.0, 50.0 - 100.0 * geom["lvef"])
               + HR_LOG_IN_AF * in_af
               + HR_LOG_SD * draws.normal())
     hr = _clip(math.exp(log_hr), HR_BOUNDS_BPM)
