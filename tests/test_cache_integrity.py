@@ -250,3 +250,13 @@ def test_reproduce_without_the_notebooks_says_where_it_looked(tmp_path: Path,
     code = main(["reproduce", "--profile", "tiny", "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "no notebook series" in err and str(tmp_path / "notebooks") in err
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(["reproduce", "--profile", "tiny", "--run-dir", str(blocker / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err and "Traceback" not in err
+    assert err.startswith("ecgcmr: error: cannot write") and str(blocker) in err
