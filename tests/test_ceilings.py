@@ -188,3 +188,24 @@ def test_inputs_from_cohort_reads_every_subject(cohort: CeilingInputs) -> None:
     assert len(cohort.ecg_features) == len(cohort.state) == N
     assert math.isfinite(cohort.ecg_features["hr_bpm"].median())
     assert isinstance(cohort.cmr_phenotypes, pd.DataFrame)
+
+
+def test_fraction_of_ceiling_and_the_committed_table(tmp_path) -> None:  # noqa: ANN001
+    from ecgcmr.evaluate.ceilings import committed_ceilings, fraction_of_ceiling
+
+    ceilings = pd.DataFrame({"target": ["lvef_pct", "lvedv_ml"], "metric": "r2",
+                             **{c: [0.5, 0.8] for c in CEILINGS},
+                             **{f"{c}_ci_{e}": [0.4, 0.7] for c in CEILINGS
+                                for e in ("low", "high")}})
+    ceilings.assign(upper_bound=[0.6, 0.9]).to_csv(
+        tmp_path / "ceilings-coupling0-n100-seed1.csv", index=False)
+    ceilings.to_csv(tmp_path / "ceilings-coupling0-n2000-seed1.csv", index=False)
+    found = committed_ceilings(0.0, folder=tmp_path)
+    assert found["source"].iloc[0] == "ceilings-coupling0-n2000-seed1.csv"   # most subjects
+    assert committed_ceilings(3.0, folder=tmp_path) is None
+    metrics = pd.DataFrame({"method": "dual", "seed": 0, "model": "probe",
+                            "target": ["lvef_pct", "lvedv_ml", "lvm_g"], "metric": "r2",
+                            "value": [0.25, 0.4, 0.3]})
+    table = fraction_of_ceiling(metrics, found)
+    assert list(table["target"]) == ["lvef_pct", "lvedv_ml"]       # targets with a ceiling
+    assert table["fraction_of_ecg_estimate"].tolist() == pytest.approx([0.5, 0.5])

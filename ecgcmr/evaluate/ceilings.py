@@ -423,9 +423,54 @@ def ci_half_widths(table: pd.DataFrame) -> pd.DataFrame:
                          for c in CEILINGS}).set_axis(table["target"])
 
 
+# ============================================================================================
+# Ceilings beside learned results
+# ============================================================================================
+#: Where the committed ceiling tables live (``benchmarks/ceilings.py --out``), one per world:
+#: ``ceilings-coupling<c>-n<N>-seed<s>.csv``.
+CEILINGS_FOLDER = Path("results") / "ceilings"
+
+
+def committed_ceilings(systolic_coupling: float = 1.0, folder: str | Path | None = None
+                       ) -> pd.DataFrame | None:
+    """The committed ceilings of the synthetic world with this coupling (the table with the
+    most subjects), or None when none was computed for it. ``folder`` defaults to
+    :data:`CEILINGS_FOLDER` under the project root."""
+    from ecgcmr.runs import resolve  # here: runs imports the notebooks' machinery
+
+    root = Path(folder) if folder is not None else resolve(CEILINGS_FOLDER)
+    files = sorted(root.glob(f"ceilings-coupling{systolic_coupling:g}-n*.csv"),
+                   key=lambda f: int(f.stem.split("-n")[1].split("-")[0]))
+    if not files:
+        return None
+    return pd.read_csv(files[-1]).assign(source=files[-1].name)
+
+
+def fraction_of_ceiling(metrics: pd.DataFrame, ceilings: pd.DataFrame, *,
+                        metric: str = "r2") -> pd.DataFrame:
+    """Each learned result beside the ceilings of its target, and how much of them it reached.
+
+    ``metrics`` is notebook 03's tidy table (``method, seed, model, target, metric, value``);
+    one row per method × seed × model × target comes back with ``learned`` (its ``metric``),
+    the ceilings with their intervals, and ``fraction_of_ecg_estimate`` = learned /
+    ``ecg_estimate``, ``fraction_of_upper_bound`` = learned / ``upper_bound``. The learned R²
+    is scored against the CMR-measured phenotypes, the ceilings against the generator's truth
+    (``cmr_measured`` says how close those are).
+    """
+    learned = metrics[metrics["metric"] == metric].rename(columns={"value": "learned"})
+    keep = ["target", *[c for c in ceilings.columns if c.split("_ci_")[0] in CEILINGS],
+            *(["source"] if "source" in ceilings.columns else [])]
+    out = learned[["method", "seed", "model", "target", "learned"]].merge(
+        ceilings[keep], on="target", how="inner")
+    out["fraction_of_ecg_estimate"] = out["learned"] / out["ecg_estimate"]
+    out["fraction_of_upper_bound"] = out["learned"] / out["upper_bound"]
+    return out.reset_index(drop=True)
+
+
 __all__ = [
-    "ANATOMY_ED", "ANATOMY_ES", "BOOSTING_PARAMS", "CEILINGS", "ECG_GENERATOR_INPUTS",
-    "OUTCOME_TARGETS", "CeilingInputs", "ci_half_widths", "compute_ceilings",
+    "ANATOMY_ED", "ANATOMY_ES", "BOOSTING_PARAMS", "CEILINGS", "CEILINGS_FOLDER",
+    "ECG_GENERATOR_INPUTS", "OUTCOME_TARGETS", "CeilingInputs", "ci_half_widths",
+    "committed_ceilings", "compute_ceilings", "fraction_of_ceiling",
     "generate_without_cmr", "generator_inputs", "inputs_from_cohort",
     "simulate_subject_without_cmr", "stored_ecg", "truth_phenotypes",
 ]
