@@ -1,9 +1,11 @@
 """Losses of the three training stages, and the contrastive retrieval metric.
 
 Stage A (CMR phase encoders, supervised): :func:`masked_mse` — phenotype regression with
-missing targets. Stage B (ECG masked autoencoder): :func:`mae_loss`. Stage C (dual-phase
-contrastive alignment, DESIGN.md §5): :func:`info_nce` and :func:`dual_phase_loss`, with the
-temperature from :class:`Temperature`; :func:`retrieval_accuracy` for validation.
+missing targets. Stage B (ECG masked autoencoder): :func:`mae_loss` (masked patches only), or
+:func:`public_mae_loss` (the authors' public code: all patches, plus a cross-correlation
+term; the paper profile's). Stage C (dual-phase contrastive alignment, DESIGN.md §5):
+:func:`info_nce` and :func:`dual_phase_loss`, with the temperature from :class:`Temperature`;
+:func:`retrieval_accuracy` for validation.
 
 Numerics: every loss computes in float32 with autocast switched off locally, whatever the
 dtype of its inputs (bf16 under ``torch.autocast``); the contrastive losses work on logits
@@ -367,6 +369,84 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False)
             target = (target - mean) / torch.sqrt(var + NORM_PIX_EPS)
         per_patch = (pred - target).pow(2).mean(dim=-1)  # (B, N)
         return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+# The authors' public MAE (``angelbujalance/mae``): ``--ncc_weight`` defaults to 0.1 in
+# ``main_pretrain.py`` (and ``run_mae.sh`` leaves it there); ``models_mae.py``,
+# ``MaskedAutoencoderViT.forward_loss``, returns ``(1 - w)·MSE + w·(1 - NCC)``.
+PUBLIC_NCC_WEIGHT = 0.1
+# the variance floor of that NCC: ``(x - mean) / (var + 1e-12) ** 0.5`` per signal
+NCC_EPS = 1e-12
+# ... and of its MSE: ``loss.sum() / (numel + 1e-5)``
+PUBLIC_MSE_EPS = 1e-5
+MAE_LOSSES: tuple[str, ...] = ("masked_mse", "public")
+
+
+def ncc(a: Tensor, b: Tensor) -> Tensor:
+    """Zero-normalised cross-correlation along the last axis, averaged over all other axes.
+
+    Each signal (one lead of one subject, for ``(B, L, T)``) is standardised over its ``T``
+    samples with the Bessel-corrected variance, ``ẑ = (x - mean) / sqrt(var + 1e-12)``, and
+    ``r = Σ_t ẑ_a ẑ_b / (T - 1)`` (Pearson's r); the result is the mean of ``r`` over every
+    signal. The formula of the public MAE (``angelbujalance/mae``, ``models_mae.py``,
+    ``forward_loss``, and ``engine_pretrain.py``, ``ncc``), in float32.
+    """
+    if a.shape != b.shape or a.ndim < 1 or a.shape[-1] < 2:
+        raise ValueError(f"ncc: two tensors of one shape with >= 2 samples on the last axis "
+                         f"needed, got {tuple(a.shape)} and {tuple(b.shape)}")
+    with _fp32(a.device):
+        a, b = a.float(), b.float()
+        za = (a - a.mean(dim=-1, keepdim=True)) / torch.sqrt(a.var(dim=-1, keepdim=True) + NCC_EPS)
+        zb = (b - b.mean(dim=-1, keepdim=True)) / torch.sqrt(b.var(dim=-1, keepdim=True) + NCC_EPS)
+        r = (za * zb).sum(dim=-1) / (a.shape[-1] - 1)          # one r per signal
+        return r.mean()
+
+
+def public_mae_loss(pred: Tensor, target: Tensor, n_leads: int, *,
+                    ncc_weight: float = PUBLIC_NCC_WEIGHT, norm_pix: bool = False
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Stage B's loss as the authors' public MAE computes it: ``(1 - w)·MSE + w·(1 - NCC)``.
+
+    From ``angelbujalance/mae``, ``models_mae.py``, ``MaskedAutoencoderViT.forward_loss``:
+
+    * ``MSE = Σ (pred - t)² / (numel + 1e-5)`` over ALL patches — masked and visible alike
+      (the masked-only mean of MAE is commented out there) — where ``t`` is the patchified
+      input, per-patch normalised when ``norm_pix`` (as :func:`mae_loss`);
+    * ``NCC`` = :func:`ncc` between the raw input signal and the reconstructed one
+      (``unpatchify(pred)``: every patch, visible ones included), per subject and lead over
+      the whole recording (the signal axis there is the last, time), averaged over subjects
+      and leads. The raw input is used even with ``norm_pix``, as there.
+    * ``w = 0.1`` (``main_pretrain.py``'s ``--ncc_weight`` default).
+
+    Not reproduced: that repository's training loop also adds ``0.1 ×`` a SimSiam-style
+    cosine term between two maskings (``engine_pretrain.py``, ``--cos_weight``).
+
+    Args:
+        pred, target: (B, N, P) predicted and input patches, lead-major (patch ``n`` of lead
+            ``n // (N / n_leads)``, as :func:`ecgcmr.models.patchify` cuts them).
+        n_leads: leads of the recording (12).
+
+    Returns:
+        ``(loss, {"mse": ..., "ncc": ...})``, the terms detached.
+    """
+    if pred.shape != target.shape or pred.ndim != 3 or pred.shape[1] % n_leads:
+        raise ValueError(f"public_mae_loss: pred {tuple(pred.shape)} and target "
+                         f"{tuple(target.shape)} must be one (B, N, P) shape with N a "
+                         f"multiple of n_leads={n_leads}")
+    with _fp32(pred.device):
+        pred, target = pred.float(), target.float()
+        b = pred.shape[0]
+        signal = target.reshape(b, n_leads, -1)              # the raw input, (B, L, T)
+        recon = pred.reshape(b, n_leads, -1)                 # unpatchify(pred), (B, L, T)
+        if norm_pix:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / torch.sqrt(var + NORM_PIX_EPS)
+        sq = (pred - target).pow(2)
+        mse = sq.sum() / (sq.numel() + PUBLIC_MSE_EPS)
+        r = ncc(signal, recon)
+        loss = (1.0 - ncc_weight) * mse + ncc_weight * (1.0 - r)
+        return loss, {"mse": mse.detach(), "ncc": r.detach()}
 
 
 def masked_mse(pred: Tensor, target: Tensor) -> Tensor:

@@ -2,10 +2,12 @@
 
 * stage A ``cmr``:   a CMR encoder per phase, supervised to regress the phenotypes (NaN-masked MSE
                      on train-standardised targets);
-* stage B ``ecg``:   the ECG ViT as a masked autoencoder (mask ratio 0.7);
-* stage C ``align``: the ECG encoder aligned with the frozen CMR encoders (only their last stage
-                     and the projection heads train) by the dual-phase contrastive loss — or a
-                     single-phase one (``method="ed"`` / ``"es"``).
+* stage B ``ecg``:   the ECG ViT as a masked autoencoder (mask ratio 0.7); loss ``mae_loss``:
+                     MSE on the masked patches, or the public code's (all patches + NCC);
+* stage C ``align``: the ECG encoder aligned with the frozen CMR encoders (``cmr_trainable``:
+                     their last stage, slice layer and output layer train, or only the output
+                     layer as in the public code; and the projection heads) by the dual-phase
+                     contrastive loss — or a single-phase one (``method="ed"`` / ``"es"``).
 
 Each stage is a :class:`Task`: an ``nn.Module`` whose ``forward(batch, generator)`` returns the
 loss and its named terms, so one loop (:func:`fit`) serves all three, with or without DDP.
@@ -42,14 +44,17 @@ from ecgcmr import distributed as dist
 from ecgcmr.constants import PHENOTYPES
 from ecgcmr.data.dataset import CMR_AUGMENTS, Augment
 from ecgcmr.losses import (
+    MAE_LOSSES,
     METHOD_WEIGHTS,
     Temperature,
     dual_phase_loss,
     mae_loss,
     masked_mse,
+    public_mae_loss,
     retrieval_accuracy,
 )
 from ecgcmr.models import (
+    CMR_TRAINABLE,
     CmrEncoder,
     EcgMAE,
     ProjectionHead,
@@ -60,6 +65,11 @@ from ecgcmr.models import (
 from ecgcmr.models.ecg_vit import Block
 
 STAGES: tuple[str, ...] = ("cmr", "ecg", "align")
+# StageConfig fields added after stage identities were in use (shipped teaching weights, stage
+# folders keyed by the config's hash), with the value that reproduces the behaviour before
+# them: to_json() leaves a field out while it holds that value, so the identity of every
+# configuration from before stays byte-identical (tests/test_public_recipe.py).
+_ADDED_FIELDS: dict[str, object] = {"mae_loss": "masked_mse", "cmr_trainable": "last_stage"}
 
 
 # --------------------------------------------------------------------------- configuration
@@ -105,12 +115,20 @@ class StageConfig:
     # stage B
     mask_ratio: float = 0.7
     norm_pix_loss: bool = False               # per-patch normalised MAE targets
+    # "masked_mse": MSE on the masked patches (He et al. 2022; ecgcmr.losses.mae_loss);
+    # "public": the authors' public MAE, 0.9·MSE(all patches) + 0.1·(1 - NCC)
+    # (ecgcmr.losses.public_mae_loss; the paper profile's)
+    mae_loss: str = "masked_mse"
     # stage C
     method: str = "dual"                      # dual | ed | es
     ecg_encoder: str = "vit"                  # vit | cnn (cnn: no MAE initialisation)
     proj_dim: int = 128
     temperature: float = 0.07
     learn_temperature: bool = False
+    # what trains of each frozen CMR encoder (CmrEncoder.trainable_in_stage_c): "last_stage"
+    # (last residual stage, slice layer, output layer) or "fc" (the output layer only: the
+    # public code's models_cmr.py; the paper profile's)
+    cmr_trainable: str = "last_stage"
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -123,6 +141,11 @@ class StageConfig:
             raise ValueError("mask_ratio must be in (0, 1)")
         if self.stage == "ecg" and self.ecg_encoder != "vit":
             raise ValueError("the masked autoencoder (stage B) needs ecg_encoder='vit'")
+        if self.mae_loss not in MAE_LOSSES:
+            raise ValueError(f"mae_loss must be one of {MAE_LOSSES}, got {self.mae_loss!r}")
+        if self.cmr_trainable not in CMR_TRAINABLE:
+            raise ValueError(f"cmr_trainable must be one of {CMR_TRAINABLE}, "
+                             f"got {self.cmr_trainable!r}")
         if not self.cmr_augment:   # resolved here, so configs and checkpoints say what ran
             object.__setattr__(self, "cmr_augment", "flip" if self.stage == "align" else "random")
         if self.cmr_augment not in CMR_AUGMENTS:
@@ -134,7 +157,14 @@ class StageConfig:
         return Augment(cmr_augment=self.cmr_augment) if self.augment else None
 
     def to_json(self) -> dict[str, object]:
-        return json.loads(json.dumps(asdict(self)))
+        """The configuration as JSON: what identifies the stage (checkpoints, stage folders,
+        shipped weights). Fields of ``_ADDED_FIELDS`` holding their old behaviour are left
+        out (``from_json`` restores them from the defaults)."""
+        data = json.loads(json.dumps(asdict(self)))
+        for name, before in _ADDED_FIELDS.items():
+            if data[name] == before:
+                del data[name]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> StageConfig:
@@ -204,11 +234,16 @@ class EcgMaeTask(Task):
     def __init__(self, cfg: StageConfig) -> None:
         super().__init__()
         self.mask_ratio, self.norm_pix = cfg.mask_ratio, cfg.norm_pix_loss
+        self.loss_kind = cfg.mae_loss
         self.mae = EcgMAE(build_ecg_encoder("vit", cfg.size).cfg)
 
     def forward(self, batch: Sequence[torch.Tensor], generator: torch.Generator | None = None):
         (ecg,) = batch                                        # (B, 12, T)
         pred, target, mask = self.mae(ecg, mask_ratio=self.mask_ratio, generator=generator)
+        if self.loss_kind == "public":
+            loss, terms = public_mae_loss(pred.float(), target.float(), self.mae.cfg.n_leads,
+                                          norm_pix=self.norm_pix)
+            return loss, {"mae": loss.detach(), **terms}
         loss = mae_loss(pred.float(), target.float(), mask, norm_pix=self.norm_pix)
         return loss, {"mae": loss.detach()}
 
@@ -226,7 +261,7 @@ class AlignTask(Task):
         self.ecg = ecg_encoder
         self.cmr = nn.ModuleDict({p: cmr_encoders[p] for p in phases})
         for encoder in self.cmr.values():
-            encoder.freeze_except_last_layer()
+            encoder.freeze_except_last_layer(cfg.cmr_trainable)
         self.proj = nn.ModuleDict({"ecg": ProjectionHead(ecg_encoder.out_dim, cfg.proj_dim)})
         for p in phases:
             self.proj[p] = ProjectionHead(self.cmr[p].out_dim, cfg.proj_dim)

@@ -11,6 +11,19 @@ Inputs are plain DataFrames and nothing here reads or writes files:
   left out of every incident analysis) and ``c_time_years`` (years from imaging to the event
   or to censoring); covariates of :data:`ecgcmr.constants.COVARIATES`.
 
+Covariate fusion (``covariates=``): the covariate columns are appended to the features, so the
+head's input width is ``D + len(covariates)``; imputed and standardised like the features. The
+authors' public code does this for the outcome endpoints only: it writes a covariate file per
+endpoint (``qurAI-amsterdam/dual-phase-contrastive-learning``,
+``ECG-CMR-CL/utils/generate_balanced_dataset.py``, from ``generate_clinical_data.py``: sex, age,
+smoking, systolic BP, BMI and one-hot alcohol intake, 12 columns) and its
+``ECGwClinicalPredictor`` (``ECG-CMR-CL/ECGEncoder.py``) concatenates them to the frozen ECG
+embedding. The ``paper`` profile therefore fuses :data:`ecgcmr.constants.COVARIATES`
+(``Profile.outcome_covariates``; pass ``covariates=get_profile(p).outcome_covariates``); the
+``tiny`` and ``teaching`` profiles use the ECG alone. Differences kept: alcohol enters as its
+ordinal code (not one-hot), and the head is this project's ``MlpHead`` (the public fused head is
+a 1024-512-256-128 MLP with BatchNorm and dropout).
+
 Leakage rules, as in :mod:`ecgcmr.evaluate.phenotypes`: every imputation median, scaling
 statistic, PCA basis, penalty and model weight is fitted on **training rows only**; the
 validation split only stops the MLP early; the test split is only scored. A condition with

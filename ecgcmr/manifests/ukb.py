@@ -128,15 +128,25 @@ _VALUE_FIELDS = tuple(f for f in UKB_FIELDS if f.column in PHENOTYPES + COVARIAT
 
 #: ICD-10 3-character categories of the paper's six conditions. MI is I21-I22 (acute and
 #: subsequent MI; the authors' public code used I25, chronic ischaemic heart disease).
+#: Cardiac arrest is I46-I47 as in the public code, whose endpoint is "sudden_cardiac_death":
+#: ``[f'I{num}' for num in range(460, 480)]  # ICD I46-I47`` in
+#: ``qurAI-amsterdam/dual-phase-contrastive-learning``,
+#: ``ECG-CMR-CL/utils/generate_finetune_dataset.py``. I47 (paroxysmal tachycardia, I47.2
+#: ventricular tachycardia the main mechanism of sudden death, but also I47.1 supraventricular
+#: tachycardia) widens the label beyond arrest; :data:`CARDIAC_ARREST_I46_ONLY` is the narrow
+#: definition (this project's before), via ``ukb_table_to_columns(..., icd10_groups=...)``.
 ICD10_GROUPS: dict[str, tuple[str, ...]] = {
     "cad": ("I20", "I21", "I22", "I23", "I24", "I25"),
     "af": ("I48",),
     "hf": ("I50",),
     "cardiomyopathy": ("I42",),
     "mi": ("I21", "I22"),
-    "cardiac_arrest": ("I46",),
+    "cardiac_arrest": ("I46", "I47"),
 }
 assert tuple(ICD10_GROUPS) == CONDITIONS, "ICD10_GROUPS must cover ecgcmr.constants.CONDITIONS"
+#: Cardiac arrest alone (I46): pass
+#: ``icd10_groups={**ICD10_GROUPS, "cardiac_arrest": CARDIAC_ARREST_I46_ONLY}``.
+CARDIAC_ARREST_I46_ONLY: tuple[str, ...] = ("I46",)
 
 #: UK Biobank placeholder dates: unknown, before birth, at birth, in the year of birth,
 #: "1909-09-09" unknown, in the future. None is a real diagnosis date.
@@ -398,14 +408,18 @@ def ukb_table_to_columns(
     *,
     censor_date: str | date | pd.Timestamp,
     id_column: str | None = None,
+    icd10_groups: Mapping[str, tuple[str, ...]] | None = None,
 ) -> pd.DataFrame:
     """Manifest columns from a UK Biobank export; one row per participant, in table order.
 
     Returns ``subject_id`` (the eid as text), ``imaging_date`` (YYYY-MM-DD), the phenotypes and
     covariates of ``ecgcmr.constants`` and ``<c>_ever``, ``<c>_event``, ``<c>_time_years`` for
-    each condition (rules in the module docstring). Raises :class:`DataError` naming every
-    missing field, or a field with text where raw codes are expected.
+    each condition (rules in the module docstring) by ``icd10_groups`` (default
+    :data:`ICD10_GROUPS`; same conditions, other 3-character categories allowed). Raises
+    :class:`DataError` naming every missing field, or a field with text where raw codes are
+    expected.
     """
+    groups = _check_groups(icd10_groups)
     censor = _as_date(censor_date)
     df = df.reset_index(drop=True)
     id_col = _find_id_column(list(df.columns), id_column)
@@ -422,12 +436,26 @@ def ukb_table_to_columns(
     death = _earliest_date(df, index, _FIELD[40000])
     end = death.where(death < censor, censor)   # the end of follow-up: death or censoring
     diagnoses = _diagnoses(df, index)
-    for condition, categories in ICD10_GROUPS.items():
+    for condition, categories in groups.items():
         ever, first, undated = _condition_summary(diagnoses, categories, df.index)
         event, time = _incident(ever, first, undated, imaging, end)
         out[f"{condition}_ever"] = ever.astype("Int64")
         out[f"{condition}_event"] = event
         out[f"{condition}_time_years"] = time
+    return out
+
+
+def _check_groups(groups: Mapping[str, tuple[str, ...]] | None) -> dict[str, tuple[str, ...]]:
+    if groups is None:
+        return ICD10_GROUPS
+    if tuple(groups) != CONDITIONS or not all(groups.values()):
+        raise ValueError(f"icd10_groups must give categories for {CONDITIONS} in that order, "
+                         f"got {tuple(groups)}")
+    out = {c: tuple(_normalise_icd10(code) for code in groups[c]) for c in CONDITIONS}
+    bad = [code for codes in out.values() for code in codes if len(code) != 3]
+    if bad:
+        raise ValueError(f"icd10_groups holds 3-character ICD-10 categories (e.g. 'I46'), "
+                         f"got {bad[0]!r}")
     return out
 
 
@@ -583,6 +611,7 @@ def build_ukb_manifest(
     convert_ecg: EcgConverter | None = None,
     convert_cmr: CmrConverter | None = None,
     progress: bool = True,
+    icd10_groups: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Path:
     """Convert the imaging visit's ECG and CMR of every participant and write the manifest.
 
@@ -601,7 +630,8 @@ def build_ukb_manifest(
     ecg_files, cmr_files = _bulk_files(bulk, ecg_pattern), _bulk_files(bulk, cmr_pattern)
     table = read_ukb_table(table_path, id_column=id_column)
     try:
-        columns = ukb_table_to_columns(table, censor_date=censor, id_column=id_column)
+        columns = ukb_table_to_columns(table, censor_date=censor, id_column=id_column,
+                                       icd10_groups=icd10_groups)
     except DataError as exc:
         raise exc.with_context(path=table_path) from exc
     converters = _default_converters(convert_ecg, convert_cmr)

@@ -5,7 +5,7 @@ Shapes: ECG ``(B, 12, 5000)`` z-scored at 500 Hz; CMR ``(B, 1, D, H, W)`` short-
 Every encoder takes its frozen config dataclass and exposes ``.cfg`` and ``.out_dim``.
 """
 
-from ecgcmr.models.cmr_resnet3d import CmrEncoder, CmrEncoderConfig
+from ecgcmr.models.cmr_resnet3d import CMR_TRAINABLE, CmrEncoder, CmrEncoderConfig
 from ecgcmr.models.ecg_cnn import EcgCnnConfig, EcgResNet1d
 from ecgcmr.models.ecg_vit import EcgMAE, EcgViT, EcgVitConfig, patchify, unpatchify
 from ecgcmr.models.factory import (
@@ -19,8 +19,9 @@ from ecgcmr.models.factory import (
 from ecgcmr.models.heads import MlpHead, ProjectionHead, RegressionHead
 
 __all__ = [
-    "ECG_KINDS", "SIZES", "CmrEncoder", "CmrEncoderConfig", "EcgCnnConfig", "EcgMAE",
-    "EcgResNet1d", "EcgViT", "EcgVitConfig", "MlpHead", "ProjectionHead", "RegressionHead",
+    "CMR_TRAINABLE", "ECG_KINDS", "SIZES", "CmrEncoder", "CmrEncoderConfig", "EcgCnnConfig",
+    "EcgMAE", "EcgResNet1d", "EcgViT", "EcgVitConfig", "MlpHead", "ProjectionHead",
+    "RegressionHead",
     "build_cmr_encoder", "build_ecg_encoder", "count_parameters", "ecg_config", "patchify",
     "unpatchify",
 ]

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 BLOCKS: tuple[str, ...] = ("basic", "bottleneck")
 BOTTLENECK_EXPANSION = 4   # output channels / inner width of a bottleneck (He et al. 2016)
 INFLATED_KERNEL = 3        # kernel along the slice axis in inflated stages (SlowOnly res4-5)
+# what stage C trains of a frozen CMR encoder (CmrEncoder.trainable_in_stage_c)
+CMR_TRAINABLE: tuple[str, ...] = ("last_stage", "fc")
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ class CmrEncoder(nn.Module):
     Attributes:
         cfg: the :class:`CmrEncoderConfig` it was built from.
         out_dim: ``cfg.out_dim``.
-        stages: the residual stages; ``stages[-1]`` is the "last layer" of stage C.
+        stages: the residual stages; ``stages[-1]`` trains in stage C with
+            ``cmr_trainable="last_stage"``, stays frozen with ``"fc"`` (the public code's).
         depth_collapse: ``Linear(D, 1)`` over slice positions (learned weighting of slices).
         fc: ``Linear(feature_dim, out_dim)``.
     """
@@ -183,8 +186,8 @@ class CmrEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_from_trunk(self.forward_trunk(x))
 
-    # Stage C trains only the last stage, the depth collapse and the fc (see
-    # last_layer_parameters): everything before is the frozen "trunk", whose output can be
+    # Stage C trains at most the last stage, the depth collapse and the fc (see
+    # trainable_in_stage_c): everything before is the frozen "trunk", whose output can be
     # computed once per volume and cached (ecgcmr.trunk_cache). forward() is exactly
     # forward_from_trunk(forward_trunk(x)), so both paths run the same operations.
     def forward_trunk(self, x: Tensor) -> Tensor:
@@ -206,15 +209,38 @@ class CmrEncoder(nn.Module):
         return [*self.stages[-1].parameters(), *self.depth_collapse.parameters(),
                 *self.fc.parameters()]
 
-    def freeze_except_last_layer(self) -> None:
-        """``requires_grad = False`` everywhere except :meth:`last_layer_parameters`.
+    def trainable_in_stage_c(self, trainable: str = "last_stage") -> list[nn.Parameter]:
+        """The parameters stage C trains, by :data:`CMR_TRAINABLE` choice.
+
+        ``"last_stage"``: :meth:`last_layer_parameters` (this project's default before the
+        paper profile followed the public code; the tiny and teaching profiles' choice).
+        ``"fc"``: only the output ``fc`` (``Linear(feature_dim, out_dim)``, 2048 → 768 at the
+        paper size) — the public code's freezing: ``ResNet503D_MLP.initialize_model`` in
+        ``qurAI-amsterdam/dual-phase-contrastive-learning``,
+        ``ECG-CMR-CL/cmr_pretrain/models_cmr.py``, sets ``requires_grad = False`` on the
+        whole SlowOnly trunk (``model.blocks[:-1]``: stem and res2..res5) and on
+        ``temporal_mlp`` (the slice layer, here ``depth_collapse``) when
+        ``contrastive_learning``, leaving ``fc`` (and the projection heads) to train.
+        """
+        if trainable == "last_stage":
+            return self.last_layer_parameters()
+        if trainable == "fc":
+            return list(self.fc.parameters())
+        raise ValueError(f"trainable must be one of {CMR_TRAINABLE}, got {trainable!r}")
+
+    def freeze_except_last_layer(self, trainable: str = "last_stage") -> None:
+        """``requires_grad = False`` everywhere except :meth:`trainable_in_stage_c`
+        (by default :meth:`last_layer_parameters`).
 
         BatchNorm running statistics are buffers, not parameters: keep the frozen encoder in
-        ``eval()`` mode so they stay those learned in stage A.
+        ``eval()`` mode so they stay those learned in stage A. Either choice freezes at least
+        :meth:`forward_trunk`, so the cached trunk features (``ecgcmr.trunk_cache``) stay
+        valid for both.
         """
+        params = self.trainable_in_stage_c(trainable)
         self.requires_grad_(False)
-        for p in self.last_layer_parameters():
+        for p in params:
             p.requires_grad_(True)
 
 
-__all__ = ["CmrEncoder", "CmrEncoderConfig", "ResBlock3d"]
+__all__ = ["CMR_TRAINABLE", "CmrEncoder", "CmrEncoderConfig", "ResBlock3d"]

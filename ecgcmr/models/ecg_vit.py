@@ -349,7 +349,8 @@ class EcgMAE(nn.Module):
     """Masked autoencoder around :class:`EcgViT` (stage B).
 
     ``forward(x: (B, 12, T)) -> (pred (B, N, p), target (B, N, p), mask (B, N))``; the loss
-    (:func:`ecgcmr.losses.mae_loss`) is computed by the caller, over masked patches.
+    is computed by the caller: :func:`ecgcmr.losses.mae_loss` over the masked patches, or
+    :func:`ecgcmr.losses.public_mae_loss` over all of them (the public code's).
 
     Attributes:
         encoder: the :class:`EcgViT` (what later stages keep).
