@@ -66,3 +66,14 @@ def test_the_figure_draws_learned_differences_and_ceilings(grid: Path) -> None:
     fig = plot_control(table, ceilings)
     assert len(fig.axes) == 2
     assert {ax.get_title() for ax in fig.axes} == {"lvef_pct", "lvedv_ml"}
+
+
+def test_exported_tables_give_the_same_control_analysis(grid: Path, tmp_path_factory
+                                                        ) -> None:  # noqa: ANN001
+    from ecgcmr.evaluate.report import export_tables
+
+    out = export_tables(grid, tmp_path_factory.mktemp("exported"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in grid.iterdir())
+    a = control_differences(grid, versus=("ed",), n_boot=200)
+    b = control_differences(out, versus=("ed",), n_boot=200)
+    pd.testing.assert_frame_equal(a, b, atol=1e-3)

@@ -6,6 +6,8 @@ A *results folder* is either one run folder or a grid folder holding one run fol
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -143,3 +145,37 @@ def _method_of(run: Path) -> str:
     params_file = run / "params.yaml"
     params = yaml.safe_load(params_file.read_text()) if params_file.is_file() else {}
     return str((params or {}).get("method", "dual"))
+
+
+#: The tables of a run that summaries are made from (what :func:`export_tables` keeps).
+SUMMARY_TABLES: tuple[str, ...] = ("02_alignment_epochs", "03_phenotype_metrics",
+                                   "03_predictions", "03_ceilings", "04_classification_metrics",
+                                   "04_survival_metrics")
+
+
+def export_tables(results: str | Path, out: str | Path,
+                  tables: Sequence[str] = SUMMARY_TABLES, *, model: str = "probe",
+                  digits: int = 5) -> Path:
+    """Copy what summaries need from every run under ``results`` into ``out/<run>/``: its
+    ``params.yaml``, ``provenance.json`` and ``tables/<table>.csv`` for each of ``tables`` it
+    has. ``03_predictions`` keeps only ``model``'s rows, rounded to ``digits`` significant
+    digits (per-subject predictions of every head would be megabytes per run). Small enough to
+    commit, so a result can be re-analysed (notebook 05 with ``results=out``) without the
+    training runs; returns ``out``."""
+    out = Path(out)
+    for run in run_folders(results):
+        target = out / run.name
+        (target / "tables").mkdir(parents=True, exist_ok=True)
+        for name in ("params.yaml", "provenance.json"):
+            if (run / name).is_file():
+                shutil.copy2(run / name, target / name)
+        for table in tables:
+            source = run / "tables" / f"{table}.csv"
+            if not source.is_file():
+                continue
+            frame = pd.read_csv(source)
+            if table == "03_predictions":
+                frame = frame[frame["model"] == model]
+            frame.to_csv(target / "tables" / f"{table}.csv", index=False,
+                         float_format=f"%.{digits}g")
+    return out
