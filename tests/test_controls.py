@@ -76,4 +76,4 @@ def test_exported_tables_give_the_same_control_analysis(grid: Path, tmp_path_fac
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in grid.iterdir())
     a = control_differences(grid, versus=("ed",), n_boot=200)
     b = control_differences(out, versus=("ed",), n_boot=200)
-    pd.testing.assert_frame_equal(a, b, atol=1e-3)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-3, atol=1e-3)
