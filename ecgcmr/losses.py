@@ -50,6 +50,16 @@ METHOD_WEIGHTS: Mapping[str, tuple[float, float, float]] = MappingProxyType({
     "es": (0.0, 1.0, 0.0),
 })
 
+
+
+def phases_of(method: str) -> tuple[str, ...]:
+    """The CMR phases a method's loss reads: ``("ed", "es")`` for dual, one for a single-phase
+    method (its other phase's stage-A encoder is never needed)."""
+    w_ecg_ed, w_ecg_es, w_ed_es = method_weights(method)
+    return tuple(p for p, used in (("ed", w_ecg_ed or w_ed_es), ("es", w_ecg_es or w_ed_es))
+                 if used)
+
+
 Temp = float | Tensor  # a positive float, or a 0-d tensor (e.g. Temperature()())
 
 

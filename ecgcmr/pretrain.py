@@ -189,6 +189,44 @@ def evaluate_alignment(cache: Cache, best_pt: str | Path, *, device: str = "cpu"
     return task.to(dev).evaluate(loader, dev)
 
 
+@torch.no_grad()
+def phase_retrieval(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
+                    batch_size: int = 32) -> pd.DataFrame:
+    """ECG→ED and ECG→ES top-1/top-5 retrieval of any stage-C checkpoint on the validation
+    split, one row per phase (``phase, tower, top1, top5, n``).
+
+    A phase the method aligned with is embedded by its own tower (its CMR encoder and
+    projection head). A phase it did not align with (ES for ``method="ed"``) is embedded by the
+    tower it did align with: the retrieval then measures what single-phase alignment carries
+    over to the other phase, without a second stage-A encoder that the method never trained.
+    """
+    from ecgcmr.losses import retrieval_accuracy
+    from ecgcmr.models import build_cmr_encoder
+
+    cfg, weights = load_stage(best_pt)
+    cmr = {p: build_cmr_encoder(cfg.size, n_slices=_n_slices(cache)) for p in ("ed", "es")}
+    task = AlignTask(cfg, build_ecg_encoder(cfg.ecg_encoder, cfg.size), cmr)
+    task.load_state_dict(weights)
+    dev = pick_device(device)
+    task = task.to(dev).eval()
+    val = PairedDataset(cache, "val", fields=("ecg", "cmr_ed", "cmr_es"))
+    loader = torch.utils.data.DataLoader(val, batch_size=batch_size, shuffle=False)
+    towers = {p: p if p in task.cmr else next(iter(task.cmr)) for p in ("ed", "es")}
+    z: dict[str, list[torch.Tensor]] = {"ecg": [], "ed": [], "es": []}
+    for ecg, ed, es in loader:
+        z["ecg"].append(task.proj["ecg"](task.ecg(ecg.to(dev))).float().cpu())
+        for phase, x in (("ed", ed), ("es", es)):
+            tower = towers[phase]
+            z[phase].append(task.proj[tower](task.cmr[tower](x.to(dev))).float().cpu())
+    ecg_z = torch.cat(z["ecg"])
+    rows = []
+    for phase in ("ed", "es"):
+        acc = retrieval_accuracy(ecg_z, torch.cat(z[phase]), k=(1, 5))
+        rows.append({"phase": phase, "tower": towers[phase], "n": len(ecg_z),
+                     **{k: float(v) for k, v in acc.items()}})
+    return pd.DataFrame(rows)
+
+
 def _check_same_stage(out_dir: Path, cfg: StageConfig) -> None:
     """A folder that already holds a stage trained with other settings is never reused (nor
     resumed) as if it were this one: e.g. rerunning notebook 02 in the same run folder with

@@ -50,6 +50,7 @@ from ecgcmr.losses import (
     dual_phase_loss,
     mae_loss,
     masked_mse,
+    phases_of,
     public_mae_loss,
     retrieval_accuracy,
 )
@@ -255,8 +256,7 @@ class AlignTask(Task):
                  cmr_encoders: dict[str, CmrEncoder]) -> None:
         super().__init__()
         self.weights = METHOD_WEIGHTS[cfg.method]             # (ecg-ed, ecg-es, ed-es)
-        phases = [p for p, used in (("ed", self.weights[0] or self.weights[2]),
-                                    ("es", self.weights[1] or self.weights[2])) if used]
+        phases = phases_of(cfg.method)
         self.fields = ("ecg", *(f"cmr_{p}" for p in phases))
         self.ecg = ecg_encoder
         self.cmr = nn.ModuleDict({p: cmr_encoders[p] for p in phases})

@@ -11,7 +11,13 @@ import torch
 
 from ecgcmr.config import get_profile
 from ecgcmr.data import build_cache, read_manifest
-from ecgcmr.pretrain import ecg_encoder_for, embed_ecg, load_cmr_encoder, train_stage
+from ecgcmr.pretrain import (
+    ecg_encoder_for,
+    embed_ecg,
+    load_cmr_encoder,
+    phase_retrieval,
+    train_stage,
+)
 from ecgcmr.synth.cohort import generate_cohort
 
 PROFILE = get_profile("tiny")
@@ -44,6 +50,7 @@ def test_the_three_stages_end_to_end(tmp_path: Path) -> None:
     _check_alignment_retrieves_well_above_chance(stages)
     _check_finished_stages_are_reused_not_retrained(stages)
     _check_each_phase_loads_its_own_cmr_checkpoint(stages)
+    _check_retrieval_of_both_phases_for_every_method(stages)
     for method in ("dual", "ecg_only", "random"):
         _check_embeddings_cover_every_subject(stages, method)
 
@@ -60,6 +67,22 @@ def _check_alignment_retrieves_well_above_chance(stages) -> None:
     best = stages["align"].history[stages["align"].best_epoch]
     top5 = (best["ecg_to_ed_top5"] + best["ecg_to_es_top5"]) / 2
     assert top5 > 1.75 * 5 / n_val, best
+
+
+def _check_retrieval_of_both_phases_for_every_method(stages) -> None:
+    n_val = len(stages["cache"].rows("val"))
+    dual = phase_retrieval(stages["cache"], stages["align"].out_dir / "best.pt").set_index("phase")
+    assert list(dual["tower"]) == ["ed", "es"] and (dual["n"] == n_val).all()
+    best = stages["align"].history[stages["align"].best_epoch]
+    for phase in ("ed", "es"):   # what training reported for the same weights and subjects
+        assert abs(dual.loc[phase, "top5"] - best[f"ecg_to_{phase}_top5"]) <= 1 / n_val + 1e-9
+    cfg = PROFILE.stage_config("align", method="ed", epochs=2, batch_size=16)
+    init = {"ed": stages["ed"].out_dir / "best.pt", "ecg": stages["ecg"].out_dir / "best.pt"}
+    ed_only = train_stage(stages["cache"], cfg, stages["root"] / "C-ed", init=init,
+                          progress=False)                 # no ES encoder needed
+    single = phase_retrieval(stages["cache"], ed_only.out_dir / "best.pt").set_index("phase")
+    assert list(single["tower"]) == ["ed", "ed"]          # ES seen through the ED tower
+    assert single[["top1", "top5"]].stack().between(0, 1).all()
 
 
 def _check_finished_stages_are_reused_not_retrained(stages) -> None:
