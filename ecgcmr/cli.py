@@ -120,8 +120,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the notebooks up to this number only (e.g. 01: data preparation)")
     p.set_defaults(func=_reproduce)
 
+    p = sub.add_parser("publish", help="re-render the README's generated result tables from "
+                                       "the committed files under results/")
+    p.add_argument("files", nargs="*", type=Path, default=[Path("README.md")])
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if a generated block is stale")
+    p.set_defaults(func=_publish)
+
     _manifest_parsers(sub)
     return parser
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from ecgcmr.publish import publish
+    from ecgcmr.runs import project_root, resolve
+
+    files = [resolve(f) for f in args.files]
+    stale = publish(files, project_root(), check=args.check)
+    for file in stale:
+        print(f"{file}: {'stale' if args.check else 'updated'}")
+    return 1 if args.check and stale else 0
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
