@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_publish)
 
     _manifest_parsers(sub)
+    _convert_parsers(sub)
     return parser
 
 
@@ -382,3 +383,33 @@ def _print_built(manifest: Path) -> None:
     n_left_out = len(pd.read_csv(report))
     print(f"manifest: {manifest} ({n_subjects} subjects, valid); {n_left_out} item(s) left out, "
           f"see {report}")
+
+
+# --- ecgcmr convert ecg -------------------------------------------------------------------------
+
+
+def _convert_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert real-data files to the project's formats",
+                       description="Convert real-data files to the data contract's formats.")
+    kinds = p.add_subparsers(required=True, metavar="KIND")
+    e = kinds.add_parser(
+        "ecg", help="resting 12-lead ECGs (WFDB, PhysioNet/CinC .mat, DICOM, GE MUSE or "
+                    "CardioSoft XML) -> one WFDB record each",
+        description="Convert every ECG among the inputs (files or folders, searched "
+                    "recursively; the format is told from each file's content) into one WFDB "
+                    "record per recording (12 named leads in mV) in --out, with "
+                    "convert_report.csv listing every input: converted (and the record) or "
+                    "skipped (and why). Exit status 0 when anything converted, 2 when nothing "
+                    "did.")
+    e.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files or folders")
+    e.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_convert_ecg)
+
+
+def _convert_ecg(args: argparse.Namespace) -> int:
+    from ecgcmr.convert.ecg_any import CONVERTED, convert_ecgs, summary_line
+
+    report = convert_ecgs(args.inputs, args.out, progress=not args.no_progress)
+    print(summary_line(report, args.out))
+    return 0 if (report["status"] == CONVERTED).any() else 2

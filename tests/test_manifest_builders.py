@@ -432,3 +432,15 @@ def test_ukb_bulk_files_in_the_real_formats_become_a_cohort_the_pipeline_reads(
                         progress=False)
     assert cache.index["ok"].all(), cache.qc_report
     assert np.isfinite(np.asarray(cache.ecg)).all() and np.asarray(cache.cmr_ed).std() > 0
+
+
+def test_a_records_own_signal_file_is_not_an_unknown_file(tmp_path: Path) -> None:
+    """PTB keeps its Frank leads in a .xyz file that the header names: part of the record."""
+    ecg, cmr, _ = _folders(tmp_path)
+    hea = ecg / "D.hea"
+    (ecg / "D.dat").rename(ecg / "D.xyz")
+    hea.write_text(hea.read_text().replace("D.dat", "D.xyz"))
+    build_folder_manifest(ecg, cmr, tmp_path / "out", progress=False)
+    report = pd.read_csv(tmp_path / "out" / "build_report.csv", dtype=str).fillna("")
+    unknown = report[report["reason"] == "matches no file pattern; ignored"]
+    assert [Path(f).name for f in unknown["file"]] == ["notes.txt"]

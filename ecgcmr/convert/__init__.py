@@ -1,11 +1,14 @@
 """Converters from real-data formats to the project's data contract (WFDB ECG, NIfTI CMR).
 
 ============== ============================================================================
+ecg_any        any ECG files/folders (format told from content) -> WFDB (``ecgcmr convert ecg``)
 ecg_xml        UK Biobank resting ECG (field 20205): GE CardioSoft XML -> WFDB + measurements
+muse_xml       GE MUSE resting ECG XML (``RestingECG``) -> WFDB
 ecg_dicom      DICOM 12-lead ECG Waveform Storage -> WFDB at 500 Hz
 cmr_dicom      UK Biobank short-axis cine (field 20209): DICOM zip -> ED/ES NIfTI
 public_cmr     ACDC and M&Ms folders -> ED/ES NIfTI + label maps in our convention
 safe_zip       reading untrusted zips in memory with name, size and ratio bounds
+safe_xml       parsing untrusted XML: size bound, no entities, no external references
 wfdb_out       the one WFDB writer the ECG converters share
 ============== ============================================================================
 

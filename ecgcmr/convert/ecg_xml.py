@@ -35,14 +35,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from xml.etree.ElementTree import Element, ParseError
+from xml.etree.ElementTree import Element
 
 import numpy as np
 import pandas as pd
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring
 
 from ecgcmr.constants import ECG_DURATION_S, LEADS
+from ecgcmr.convert.safe_xml import parse_xml_file
 from ecgcmr.convert.wfdb_out import write_wfdb
 
 # Lead-name matching (case, aliases, inverted leads, duplicates, missing leads) is the WFDB
@@ -148,22 +147,7 @@ def read_ge_xml(path: str | PathLike[str]) -> GeEcg:
 
 def _parse(path: Path) -> Element:
     """Bytes of ``path`` -> root element, through defusedxml (no entities, no external refs)."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_XML_BYTES:
-            raise DataError("XML file too large", expected=f"<= {MAX_XML_BYTES} bytes",
-                            found=f"{size} bytes")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read file ({exc.strerror or exc})") from exc
-    try:
-        # forbid_dtd stays False: a plain <!DOCTYPE CardiologyXML SYSTEM "..."> is harmless
-        # (never fetched); entity declarations and external references are what is refused
-        root = fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
-    except DefusedXmlException as exc:
-        raise DataError(f"XML entity expansion / external reference refused ({exc})") from exc
-    except ParseError as exc:
-        raise DataError(f"not well-formed XML ({exc})") from exc
+    root = parse_xml_file(path, max_bytes=MAX_XML_BYTES)
     if root.tag != ROOT_TAG:
         raise DataError("not a CardioSoft resting ECG", expected=f"root element <{ROOT_TAG}>",
                         found=f"<{root.tag}>")

@@ -62,7 +62,7 @@ from ecgcmr.data.cmr import (
     load_labels_canonical,
     to_grid,
 )
-from ecgcmr.data.ecg import EcgPreprocessing, load_ecg, preprocess_ecg
+from ecgcmr.data.ecg import EcgPreprocessing, load_ecg, preprocess_ecg, record_signal_files
 from ecgcmr.errors import DataError, OutputError
 from ecgcmr.files import exclusive, write_text_atomic
 from ecgcmr.parallel import map_subjects
@@ -384,23 +384,7 @@ def input_files(record: dict[str, object], column: str) -> list[Path]:
     hea = base.with_name(base.name + ".hea")
     if not hea.is_file():
         return [path]
-    return [hea, *(base.parent / name for name in _signal_file_names(hea))]
-
-
-def _signal_file_names(hea: Path) -> list[str]:
-    """The signal file names a WFDB header lists (first field of each signal line), in order,
-    each once; an unreadable header lists none (the loader reports it)."""
-    try:
-        lines = [ln.strip() for ln in hea.read_text(errors="replace").splitlines()]
-    except OSError:
-        return []
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    names: list[str] = []
-    for line in lines[1:]:
-        name = line.split()[0]
-        if name != "~" and "/" not in name and name not in names:
-            names.append(name)
-    return names
+    return [hea, *(base.parent / name for name in record_signal_files(hea))]
 
 
 def _describe(path: Path) -> dict[str, object]:

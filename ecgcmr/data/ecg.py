@@ -62,6 +62,7 @@ _BYTES_PER_SAMPLE: dict[str, float] = {
     "212": 1.5, "310": 4 / 3, "311": 4 / 3,
 }
 _WFDB_INVALID_16 = -32768  # format 16's "no sample" code
+_MAX_HEADER_BYTES = 2**20   # read of a header when only its signal file names are wanted
 
 # --- sampling rate -----------------------------------------------------------------------------
 # Plausible rates of an ECG record, checked when a header (or a converter's source) is read.
@@ -185,9 +186,48 @@ def _read_ecg(path: str | PathLike[str]) -> tuple[np.ndarray, float, np.ndarray 
 
 
 def _record_base(path: str | PathLike[str]) -> Path:
-    """The record path without its ``.hea``/``.dat`` suffix (other dots are part of the name)."""
+    """The record path without its ``.hea``/``.dat`` suffix (other dots are part of the name).
+
+    A path to one of a record's own signal files, whatever its suffix, also names the record:
+    ``A0001.mat`` of a PhysioNet/CinC Challenge record (its ``A0001.hea`` names ``A0001.mat``
+    with format 16 and a byte offset), PTB's ``s0010_re.xyz`` (the Frank leads), when no
+    record ``A0001.mat`` (header ``A0001.mat.hea``) exists and ``A0001.hea`` names the file.
+    """
     p = Path(path)
-    return p.with_suffix("") if p.suffix.lower() in (".hea", ".dat") else p
+    suffix = p.suffix.lower()
+    if suffix in (".hea", ".dat"):
+        return p.with_suffix("")
+    if suffix and not p.with_name(p.name + ".hea").is_file():
+        base = p.with_suffix("")
+        hea = base.with_name(base.name + ".hea")
+        if hea.is_file() and p.name in record_signal_files(hea):
+            return base
+    return p
+
+
+def record_signal_files(hea: str | PathLike[str]) -> list[str]:
+    """The signal file names a WFDB header's signal lines name (in order, each once; empty for
+    an unreadable header, a multi-segment record or one without signal files).
+
+    These files, whatever their suffix (``.dat``, a CinC ``.mat``, PTB's ``.xyz``), belong to
+    the record: a folder scan should count them as part of it, not as unknown files.
+    """
+    try:
+        with Path(hea).open("rb") as f:  # a header is a few kB: never read a huge file whole
+            text = f.read(_MAX_HEADER_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    lines, _ = wfdb_header.parse_header_content(text)
+    record = wfdb_header.rx_record.match(lines[0]) if lines else None
+    if record is None or record["n_seg"] or not record["n_sig"]:
+        return []
+    names: list[str] = []
+    for line in lines[1:1 + int(record["n_sig"])]:
+        match = wfdb_header.rx_signal.match(line)
+        name = match["file_name"] if match else ""
+        if name and name != "~" and name not in names:  # "~": a signal with no file
+            names.append(name)
+    return names
 
 
 def _parse_header(hea: Path) -> _Header:

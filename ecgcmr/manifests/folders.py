@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ecgcmr.data.ecg import read_ecg
+from ecgcmr.data.ecg import read_ecg, record_signal_files
 from ecgcmr.data.manifest import (
     PATH_COLUMNS,
     REQUIRED_COLUMNS,
@@ -49,7 +49,6 @@ DEFAULT_PATTERNS: dict[str, str] = {
     "cmr_es_seg_path": rf"(?i)(?:.*/)?(?P<id>[^/]+)_es_seg{_NIFTI}",
 }
 _REQUIRED_PATHS = REQUIRED_COLUMNS[1:]          # ecg_path, cmr_ed_path, cmr_es_path
-_WFDB_SIGNAL_SUFFIXES = (".dat", ".mat")        # signal files beside a header: not "unmatched"
 
 Found = dict[str, dict[str, list[Path]]]        # column -> subject id -> matching files
 
@@ -155,9 +154,11 @@ def _match_files(ecg_dir: Path, cmr_dir: Path, patterns: Mapping[str, re.Pattern
                 unmatched.append(path)
             else:
                 found[column].setdefault(sid, []).append(path)
-    headers = {p.with_suffix("") for files in found.get("ecg_path", {}).values() for p in files}
+    # a record's own signal files (.dat, CinC .mat, PTB .xyz ...) belong to its header
+    own = {(hea.parent / name).resolve() for files in found.get("ecg_path", {}).values()
+           for hea in files for name in record_signal_files(hea)}
     for path in unmatched:
-        if not (path.suffix.lower() in _WFDB_SIGNAL_SUFFIXES and path.with_suffix("") in headers):
+        if path.resolve() not in own:
             report.add("", path, "matches no file pattern; ignored")
     return found
 
