@@ -101,3 +101,20 @@ def test_the_other_draws_do_not_depend_on_the_coupling() -> None:
 def test_a_negative_or_non_finite_coupling_is_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="systolic_coupling"):
         CohortSpec(n_subjects=2, systolic_coupling=bad)
+
+
+def test_at_zero_the_archetypes_leave_ef_alone() -> None:
+    """The ECG shows the archetypes, so an archetype that set the EF would carry systolic
+    information to the ECG around ED anatomy: at 0, EF does not depend on the archetype."""
+    def archetype_pvalue(df: pd.DataFrame, column: str) -> float:
+        dummies = pd.DataFrame({f"arch_{a}": (df["archetype"] == a).astype(float)
+                                for a in ARCHETYPES[1:]})
+        base = sm.add_constant(df[["sex"]].astype(float))
+        full = sm.add_constant(pd.concat([df[["sex"]].astype(float), dummies], axis=1))
+        return float(sm.OLS(df[column], full).fit().compare_f_test(
+            sm.OLS(df[column], base).fit())[1])
+
+    zero, one = states(0.0), states(1.0)
+    for column in ("lvef", "rvef"):
+        assert archetype_pvalue(zero, column) > 0.01
+        assert archetype_pvalue(one, column) < 1e-6

@@ -327,10 +327,12 @@ HR_LOG_PER_EF_POINT_BELOW_50: Final[float] = 0.004
 #   1. heart rate: the stroke-volume term splits into an ED part, -0.25 log(LVEDV / expected),
 #      which stays, and a systolic part, -0.25 log(LVEF / reference LVEF), which is scaled;
 #   2. heart rate: the sympathetic term for EF below 50 % is scaled;
-#   3. T waves: the LV strain term for EF below 45 % (ecgcmr.synth.ecg) is scaled.
-# At 0 the ECG is independent of LVEF (so of ES anatomy) given ED anatomy and everything else
-# the simulator reads; at 1 it is the default world (the terms above as cited); above 1 the
-# systolic signal is amplified (a positive control, not a physiological claim).
+#   3. T waves: the LV strain term for EF below 45 % (ecgcmr.synth.ecg) is scaled;
+#   4. the archetypes: the ECG shows them (conduction delay, dilation's QRS widening), so their
+#      effect on EF (and RVEF) is scaled by min(coupling, 1) (_apply_archetype).
+# At 0 the ECG is independent of LVEF and RVEF (so of ES anatomy beyond ED) given ED anatomy
+# and the covariates; at 1 it is the default world (the terms above as cited); above 1 the
+# direct paths 1-3 are amplified (a positive control, not a physiological claim).
 DEFAULT_SYSTOLIC_COUPLING: Final[float] = 1.0
 HR_LOG_IN_AF: Final[float] = 0.18  # ventricular rate in (rate-controlled) AF is higher
 # PR: women 158 ms (WHI, PMC3825808 Table 2; SD ~22 ms in the Hispanic/Asian strata); men a few
@@ -439,7 +441,7 @@ def sample_state(rng: np.random.Generator, subject_id: str, *,
     archetype = _sample_archetype(draws.uniform())
     in_af = _sample_in_af(draws.uniform(), cov, archetype)
     geom = _sample_geometry(draws, cov)
-    _apply_archetype(draws, geom, archetype)
+    _apply_archetype(draws, geom, archetype, systolic_coupling)
     _clip_geometry(geom)
     ecg = _sample_ecg_intervals(draws, cov, geom, archetype, in_af, systolic_coupling)
     azimuth, elevation = _sample_orientation(draws, cov, archetype)
@@ -606,26 +608,39 @@ def _sample_geometry(draws: _Draws, cov: Mapping[str, float | int]) -> dict[str,
     }
 
 
-def _apply_archetype(draws: _Draws, geom: dict[str, float], archetype: str) -> None:
-    """Turn a healthy geometry into the archetype's (in place). Always consumes 5 uniforms."""
+def _apply_archetype(draws: _Draws, geom: dict[str, float], archetype: str,
+                     systolic_coupling: float) -> None:
+    """Turn a healthy geometry into the archetype's (in place). Always consumes 5 uniforms.
+
+    The archetypes' effects on systolic function (LVEF, RVEF) are scaled by
+    ``min(systolic_coupling, 1)``: the ECG shows the archetype (conduction delay, dilation's
+    QRS widening), so an archetype that also set the EF would carry systolic information to the
+    ECG around ED anatomy. At coupling 0 every archetype keeps its healthy EF draw; at 1 and
+    above the archetypes are as cited (bit for bit: ``x - 0.0 * (...)`` is ``x``).
+    """
     u = [draws.uniform() for _ in range(5)]
+    keep = 1.0 - min(systolic_coupling, 1.0)     # the share of the healthy EF kept
 
     def between(bounds: tuple[float, float], ui: float) -> float:
         return bounds[0] + (bounds[1] - bounds[0]) * ui
 
+    def toward(healthy: float, diseased: float) -> float:
+        return diseased - keep * (diseased - healthy)
+
     if archetype == "dilated":
         geom["lvedv_ml"] *= between(DILATED_EDV_FACTOR, u[0])
-        geom["lvef"] = between(DILATED_EF, u[1])
+        geom["lvef"] = toward(geom["lvef"], between(DILATED_EF, u[1]))
         geom["lvm_g"] *= between(DILATED_LVM_FACTOR, u[2])
         geom["rvedv_ml"] *= between(DILATED_RVEDV_FACTOR, u[3])
-        geom["rvef"] -= between(DILATED_RVEF_DROP_PCT, u[4]) / 100.0
+        geom["rvef"] = toward(geom["rvef"],
+                              geom["rvef"] - between(DILATED_RVEF_DROP_PCT, u[4]) / 100.0)
         geom["extra_qrs_ms"] = between(DILATED_EXTRA_QRS_MS, u[0])  # more dilated, more delay
     elif archetype == "hypertrophic":
         geom["lvm_g"] *= between(HYPERTROPHIC_LVM_FACTOR, u[0])
         geom["lvedv_ml"] *= between(HYPERTROPHIC_EDV_FACTOR, u[1])
-        geom["lvef"] = between(HYPERTROPHIC_EF, u[2])
+        geom["lvef"] = toward(geom["lvef"], between(HYPERTROPHIC_EF, u[2]))
     elif archetype == "conduction":
-        geom["lvef"] -= between(CONDUCTION_EF_DROP, u[0])
+        geom["lvef"] = toward(geom["lvef"], geom["lvef"] - between(CONDUCTION_EF_DROP, u[0]))
         geom["lvedv_ml"] *= between(CONDUCTION_EDV_FACTOR, u[1])
 
 
