@@ -37,6 +37,28 @@ patient coordinates (x Left, y Posterior, z Superior). Files are grouped
   of every slice forms volume ``t`` (each slice is its own breath-hold, so trigger times
   differ slightly between slices; they are returned per slice).
 
+**Short-axis only** (:func:`series_view`, :func:`long_axis_angle_deg`). Long-axis cines
+(2/3/4-chamber, LVOT: UK Biobank field 20208, ``CINE_segmented_LAX_2Ch`` ...) have the same
+file structure and used to convert silently as if they were short-axis. Now, before grouping:
+
+* ``SeriesDescription`` words (lower-cased, split at non-alphanumerics): ``lax``, ``la``,
+  ``lvot``, ``hla``, ``vla``, ``2ch``/``3ch``/``4ch`` (also ``2 ch``, ``4 chamber``, ``two
+  chamber``), ``long axis`` mark a **long-axis** series; ``sax``, ``sa``, ``short axis`` a
+  **short-axis** one (both or neither: no verdict). Long-axis series beside other series are
+  skipped (noted); when every image is in one, the input is refused with the description.
+* Otherwise the geometry decides: the angle between the slice normal (``row x column``) and
+  the typical LV long axis ``LONG_AXIS_RAS`` (left, anterior, inferior; base -> apex; the
+  sign of the normal is ignored). A short-axis stack is planned perpendicular to the
+  patient's own long axis, which lies within ~40 degrees of that reference (azimuth 20-60
+  degrees left of anterior, 5-50 degrees below the horizontal), so its normal is within
+  ~40 degrees; a long-axis view *contains* the long axis, so its normal is >= ~50 degrees
+  away, and plain transverse, sagittal or coronal stacks are at 54.7. Above
+  ``SAX_MAX_ANGLE_DEG`` = 45 (the middle of that gap) the stack is refused as not
+  short-axis, unless its ``SeriesDescription`` says short axis (then kept, noted: a
+  description is the operator's statement, and a heart pointing elsewhere, dextrocardia
+  say, would otherwise be lost).
+* A single slice position (typical for long-axis cines) is refused too (below).
+
 Pixel values are scaled by ``RescaleSlope``/``RescaleIntercept`` (PS3.3 C.11.1.1.2). The
 result is a ``(X, Y, slice, time)`` float32 array (X = DICOM column index, Y = row index)
 and a NIfTI affine in RAS+ mm: ``affine[:3, 0] = row cosine x column spacing``,
@@ -95,6 +117,7 @@ from ecgcmr.convert.safe_zip import (
     DEFAULT_MAX_TOTAL_BYTES,
     iter_zip_members,
 )
+from ecgcmr.data.cmr import LONG_AXIS_RAS
 from ecgcmr.errors import DataError
 
 # The cohort's NIfTI writer (qform/sform code 1, mm): converted files must look the same.
@@ -112,6 +135,7 @@ MAX_DICOM_BYTES = 64 * 2**20  # one cine image is ~0.1 MB; refuse absurd files f
 _MAX_MATRIX = 2048
 _DICOM_MAGIC_OFFSET = 128   # PS3.10 7.1: 128-byte preamble, then "DICM"
 _ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"  # multi-frame Enhanced MR Image Storage (PS3.4)
+_DICOMDIR = "1.2.840.10008.1.3.10"          # Media Storage Directory Storage (a CD's index)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 # --- image-based ES ------------------------------------------------------------------------------
@@ -119,6 +143,14 @@ MOTION_SMOOTH_MM = 3.0      # in-plane Gaussian sd: merges the moving endo/epica
 MOTION_KEEP_FRACTION = 0.3  # region = smoothed temporal sd >= 30 % of its maximum
 _INTENSITY_SCALE_PCT = 99.5
 _OTSU_BINS = 256
+
+# --- short-axis check (module docstring) -----------------------------------------------------
+#: Largest angle (degrees) between the slice normal and LONG_AXIS_RAS of a short-axis stack.
+SAX_MAX_ANGLE_DEG = 45.0
+_LAX_WORDS = re.compile(r"\b(?:lax|la|lvot|hla|vla|[234] ?ch(?:amber)?s?"
+                        r"|(?:two|three|four) ?ch(?:amber)?s?|long ?axis)\b")
+_SAX_WORDS = re.compile(r"\b(?:sax|sa|short ?axis)\b")
+LONG, SHORT = "long", "short"
 
 ED_RULES = ("first", "largest")
 #: SeriesDescription of derived (not acquired) series in UKB SAX zips: skipped.
@@ -255,13 +287,21 @@ def convert_sax_cine(
     *,
     labels_4d: LabelsInput | None = None,
     ed_rule: str = "first",
+    frames: tuple[int, int, str] | None = None,
 ) -> CmrConversion:
-    """Choose ED/ES frames of a read cine and write them (and their labels) as 3D NIfTI."""
+    """Choose ED/ES frames of a read cine and write them (and their labels) as 3D NIfTI.
+
+    ``frames``: ``(ed, es, method)`` chosen by the caller (0-based; e.g. from a sidecar), in
+    place of :func:`choose_ed_es`.
+    """
     _check_subject_id(subject_id)
     try:
         labels = None if labels_4d is None else read_cine_labels(labels_4d, cine)
-        ed, es, method = choose_ed_es(cine.image, cine.spacing_mm, labels=labels,
-                                      ed_rule=ed_rule)
+        if frames is None:
+            ed, es, method = choose_ed_es(cine.image, cine.spacing_mm, labels=labels,
+                                          ed_rule=ed_rule)
+        else:
+            ed, es, method = _check_frames(frames, cine.n_frames)
     except DataError as exc:
         raise exc.with_context(subject=subject_id, path=cine.source) from exc
     out = Path(out_dir)
@@ -277,6 +317,18 @@ def convert_sax_cine(
                          es_frame=es, es_method=method, ed_seg=paths["ed_seg"],
                          es_seg=paths["es_seg"], n_slices=cine.n_slices,
                          n_frames=cine.n_frames, notes=cine.notes)
+
+
+def _check_frames(frames: tuple[int, int, str], n_frames: int) -> tuple[int, int, str]:
+    ed, es, method = int(frames[0]), int(frames[1]), str(frames[2])
+    for name, frame in (("ED", ed), ("ES", es)):
+        if not 0 <= frame < n_frames:
+            raise DataError(f"{name} frame out of range ({method})",
+                            expected=f"0..{n_frames - 1}", found=str(frame))
+    if ed == es:
+        raise DataError("ED and ES fall on the same frame", expected="two different frames",
+                        found=f"frame {ed} ({method})")
+    return ed, es, method
 
 
 def _check_subject_id(subject_id: str) -> None:
@@ -324,6 +376,8 @@ def read_sax_cine(dicoms: Iterable[DicomInput], *, source: str | None = None) ->
         image = _parse_dicom(name, content)
         if image is None:
             notes.append(f"skipped non-DICOM member {name}")
+        elif not isinstance(image, _Image):  # _DIRECTORY
+            notes.append(f"skipped DICOMDIR {name}")
         elif DERIVED_SERIES.search(image.series_description):
             derived[image.series_description] += 1
         else:
@@ -332,7 +386,9 @@ def read_sax_cine(dicoms: Iterable[DicomInput], *, source: str | None = None) ->
     if not images:
         raise DataError("no DICOM images found", path=where,
                         expected="DICOM Part 10 files of a short-axis cine")
+    images = _drop_long_axis_series(images, where, notes)
     _check_consistent_geometry(images)
+    _check_short_axis(images, where, notes)
     normal = _slice_normal(images[0].orientation)
     slices = _group_by_position(images, normal)
     if len(slices) < 2:
@@ -378,12 +434,19 @@ def _read_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _parse_dicom(name: str, content: bytes) -> _Image | None:
-    """One image, or None when ``content`` is not a DICOM Part 10 file."""
+_DIRECTORY = object()  # _parse_dicom's answer for a DICOMDIR (a CD's index, no image)
+
+
+def _parse_dicom(name: str, content: bytes) -> _Image | object | None:
+    """One image, None when ``content`` is not a DICOM Part 10 file, ``_DIRECTORY`` for a
+    DICOMDIR."""
     if content[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] != b"DICM":
         return None
     try:
         ds = pydicom.dcmread(io.BytesIO(content))
+        meta = getattr(ds, "file_meta", None)
+        if str(getattr(meta, "MediaStorageSOPClassUID", "")) == _DICOMDIR:
+            return _DIRECTORY
         return _image_from_dataset(name, ds)
     except DataError:
         raise
@@ -454,6 +517,70 @@ def _rescaled_pixels(ds: pydicom.Dataset, name: str) -> np.ndarray:
     if not (np.isfinite(slope) and np.isfinite(intercept)):
         raise DataError("non-finite RescaleSlope/RescaleIntercept", path=name)
     return (pixels.astype(np.float64) * slope + intercept).astype(np.float32)
+
+
+# --- short axis or long axis -------------------------------------------------------------------
+
+
+def series_view(description: str) -> str | None:
+    """``"long"``, ``"short"`` or None: what a SeriesDescription (or file name) says of the
+    view (module docstring: words, not substrings; both or neither -> None)."""
+    text = re.sub(r"[^a-z0-9]+", " ", str(description).lower())
+    lax, sax = bool(_LAX_WORDS.search(text)), bool(_SAX_WORDS.search(text))
+    if lax == sax:
+        return None
+    return LONG if lax else SHORT
+
+
+def long_axis_angle_deg(orientation: np.ndarray) -> float:
+    """Angle in degrees (0..90) between the slice normal of an ``ImageOrientationPatient``
+    (LPS) and the typical LV long axis ``LONG_AXIS_RAS``; the normal's sign is ignored."""
+    normal_ras = LPS_TO_RAS @ _slice_normal(np.asarray(orientation, dtype=np.float64))
+    axis = np.asarray(LONG_AXIS_RAS, dtype=np.float64) / np.linalg.norm(LONG_AXIS_RAS)
+    return float(np.degrees(np.arccos(min(1.0, abs(float(normal_ras @ axis))))))
+
+
+def _drop_long_axis_series(images: list[_Image], where: str, notes: list[str]) -> list[_Image]:
+    """Images of series described as long-axis views are skipped (noted); all of them: refused."""
+    lax: dict[str, int] = defaultdict(int)
+    kept = []
+    for image in images:
+        if series_view(image.series_description) == LONG:
+            lax[image.series_description] += 1
+        else:
+            kept.append(image)
+    if lax and not kept:
+        raise DataError(f"long-axis series (SeriesDescription {', '.join(sorted(lax))}): not a "
+                        "short-axis stack", path=where,
+                        expected="a short-axis cine stack (SAX); long-axis views (2/3/4-chamber, "
+                                 "LVOT) are not converted")
+    notes.extend(f"skipped {n} images of long-axis series {d}" for d, n in sorted(lax.items()))
+    return kept
+
+
+def _check_short_axis(images: list[_Image], where: str, notes: list[str]) -> None:
+    """Refuse a stack whose normal is far from the LV long axis, unless described as SAX."""
+    angle = long_axis_angle_deg(images[0].orientation)
+    if angle <= SAX_MAX_ANGLE_DEG:
+        return
+    said = sorted({im.series_description for im in images
+                   if series_view(im.series_description) == SHORT})
+    if said:
+        notes.append(f"slice normal is {angle:.0f} degrees from the typical LV long axis "
+                     f"(short-axis stacks: <= {SAX_MAX_ANGLE_DEG:.0f}); kept because "
+                     f"SeriesDescription says short axis ({said[0]})")
+        return
+    normal_ras = LPS_TO_RAS @ _slice_normal(images[0].orientation)
+    raise DataError(
+        f"slice normal is {angle:.0f} degrees from the LV long axis: a long-axis view "
+        "(2/3/4-chamber, LVOT) or a transverse/sagittal/coronal stack, not a short-axis stack",
+        path=where,
+        expected=f"a short-axis stack: slice normal within {SAX_MAX_ANGLE_DEG:.0f} degrees of the "
+                 "LV long axis (left, anterior, inferior), or a SeriesDescription saying short "
+                 "axis (SAX)",
+        found=f"ImageOrientationPatient {images[0].orientation.round(4).tolist()} in "
+              f"{images[0].name} (normal {normal_ras.round(3).tolist()} RAS), SeriesDescription "
+              f"{images[0].series_description!r}")
 
 
 # --- geometry ---------------------------------------------------------------------------------

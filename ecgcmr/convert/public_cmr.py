@@ -30,6 +30,13 @@ Source layouts (facts of the collections, cited where they are used):
 Subjects without ground truth (M&Ms' unlabelled vendor-C subjects, say) are converted as
 images only, with empty phenotypes. Every inconsistency raises :class:`DataError` naming the
 subject and the file; nothing is skipped silently.
+
+One subject at a time (``ecgcmr convert cmr``, :mod:`ecgcmr.convert.cmr_any`):
+:func:`convert_acdc_patient` and :func:`convert_mnms_subject`. An M&Ms subject folder given
+without the information CSV takes ED and ES from its labels (``_sa_gt`` is labelled at ED and
+ES only: ED = the labelled frame with the larger LV blood pool, ES = the smaller), and without
+labels either ED = frame 0 and ES = the image-based estimate of
+:func:`ecgcmr.convert.cmr_dicom.estimate_es_frame`.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from ecgcmr.constants import (
     LABEL_RV_BLOOD,
     PHENOTYPES,
 )
+from ecgcmr.convert.cmr_dicom import estimate_es_frame
 from ecgcmr.data.cmr import GRID_TOLERANCE_MM, affine_mm, load_cmr_canonical, load_labels_canonical
 from ecgcmr.data.manifest import read_manifest
 from ecgcmr.errors import DataError
@@ -126,7 +134,15 @@ def read_acdc_info(path: str | PathLike[str], *, subject: str | None = None) -> 
     return info
 
 
-def _convert_acdc_patient(folder: Path, out: Path) -> dict[str, object]:
+def convert_acdc_patient(folder: str | PathLike[str], out_dir: str | PathLike[str], *,
+                         name: str | None = None, subdir: str = "cmr") -> dict[str, object]:
+    """Convert one ACDC ``patientNNN`` folder; return its manifest row (paths relative to
+    ``out_dir``). Files: ``out_dir/<subdir>/<name>_ed.nii.gz`` ... (``name``: the folder's)."""
+    return _convert_acdc_patient(Path(folder), Path(out_dir), name=name, subdir=subdir)
+
+
+def _convert_acdc_patient(folder: Path, out: Path, *, name: str | None = None,
+                          subdir: str = "cmr") -> dict[str, object]:
     pid = folder.name
     info_path = folder / _ACDC_INFO
     info = read_acdc_info(info_path, subject=pid)
@@ -143,7 +159,7 @@ def _convert_acdc_patient(folder: Path, out: Path) -> dict[str, object]:
              "source_es_frame": frames["es"], "group": info.get("Group", ""),
              "height_cm": _number_or_nan(info.get("Height")),
              "weight_kg": _number_or_nan(info.get("Weight"))}
-    return _write_subject(out, pid, phases, extra)
+    return _write_subject(out, pid, phases, extra, name=name, subdir=subdir)
 
 
 def _acdc_frame_count(cine_path: Path, info: Mapping[str, str], pid: str) -> int | None:
@@ -201,6 +217,59 @@ def convert_mnms(root: str | PathLike[str], csv_path: str | PathLike[str],
     return _write_cmr_manifest(rows, out)
 
 
+def convert_mnms_subject(folder: str | PathLike[str], out_dir: str | PathLike[str], *,
+                         csv_path: str | PathLike[str] | None = None, name: str | None = None,
+                         subdir: str = "cmr") -> tuple[dict[str, object], str]:
+    """Convert one M&Ms ``<code>`` folder; return its manifest row and how ED/ES were chosen.
+
+    ED/ES come from ``csv_path`` (the information CSV; it must list the code), else from the
+    ``_sa_gt`` labels, else ED = frame 0 and ES from the images (module docstring).
+    """
+    folder, out = Path(folder), Path(out_dir)
+    code = folder.name
+    cine_path = folder / f"{code}_sa.nii.gz"
+    if not cine_path.is_file():
+        raise DataError("M&Ms cine missing", subject=code, path=cine_path,
+                        expected=f"{code}/{code}_sa.nii.gz")
+    if csv_path is not None:
+        table = _read_mnms_csv(Path(csv_path))
+        if code not in table:
+            raise DataError("subject is not in the M&Ms information CSV", subject=code,
+                            path=csv_path, expected=f"a row with {_MNMS_ID_COLUMN} = {code}")
+        row, how = table[code], f"ED/ES from {Path(csv_path).name}"
+        source = Path(csv_path)
+    else:
+        ed, es, how = _mnms_frames_without_csv(code, cine_path)
+        row, source = {"ED": str(ed), "ES": str(es)}, cine_path
+    return _convert_mnms_subject(code, cine_path, row, source, out, name=name,
+                                 subdir=subdir), how
+
+
+def _mnms_frames_without_csv(code: str, cine_path: Path) -> tuple[int, int, str]:
+    """``(ed, es, how)`` from the ``_sa_gt`` labels (labelled at ED and ES only), else frame 0
+    and the image-based ES estimate."""
+    labels_path = cine_path.with_name(f"{code}_sa_gt.nii.gz")
+    if labels_path.is_file():
+        labels, _ = _read_volume(labels_path, code, ndim=4)
+        lv = (labels == LABEL_LV_BLOOD).sum(axis=(0, 1, 2))  # M&Ms label 1 = LV blood, as ours
+        labelled = [int(t) for t in np.flatnonzero(lv)]
+        if len(labelled) < 2:
+            raise DataError("no information CSV and the labels cover fewer than two frames",
+                            subject=code, path=labels_path,
+                            expected="the M&Ms information CSV, or labels at ED and ES",
+                            found=f"LV blood in frames {labelled}")
+        ed = max(labelled, key=lambda t: (lv[t], -t))
+        es = min(labelled, key=lambda t: (lv[t], t))
+        return ed, es, "no M&Ms CSV: ED/ES = labelled frames of largest/smallest LV blood pool"
+    cine, affine = _read_volume(cine_path, code, ndim=4)
+    es = estimate_es_frame(cine, tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)))
+    if es == 0:
+        raise DataError("no information CSV, no labels, and the image-based ES estimate is "
+                        "frame 0 (= ED)", subject=code, path=cine_path,
+                        expected="the M&Ms information CSV or labels")
+    return 0, es, "no M&Ms CSV or labels: ED = frame 0, ES = image-based estimate"
+
+
 def _read_mnms_csv(csv_path: Path) -> dict[str, dict[str, str]]:
     """``{code: row}`` with every value as stripped text."""
     try:
@@ -231,7 +300,8 @@ def _mnms_cines(root: Path) -> dict[str, Path]:
 
 
 def _convert_mnms_subject(code: str, cine_path: Path, row: Mapping[str, str], csv_path: Path,
-                          out: Path) -> dict[str, object]:
+                          out: Path, *, name: str | None = None,
+                          subdir: str = "cmr") -> dict[str, object]:
     cine, affine = _read_volume(cine_path, code, ndim=4)
     frames = {phase: _frame_number(row[phase.upper()], phase.upper(), code, csv_path)
               for phase in ("ed", "es")}
@@ -255,7 +325,7 @@ def _convert_mnms_subject(code: str, cine_path: Path, row: Mapping[str, str], cs
              "pathology": row.get("Pathology", ""),
              "sex": _MNMS_SEX.get(row.get("Sex", "").upper(), math.nan),
              "age_years": _number_or_nan(row.get("Age"))}
-    return _write_subject(out, code, phases, extra)
+    return _write_subject(out, code, phases, extra, name=name, subdir=subdir)
 
 
 # ============================================================================================
@@ -354,21 +424,25 @@ def _remap(labels: np.ndarray, table: Mapping[int, int], collection: str, subjec
 
 
 def _write_subject(out: Path, sid: str, phases: Mapping[str, _Phase],
-                   extra: Mapping[str, object]) -> dict[str, object]:
-    """Write the ED/ES files of one subject; return its manifest row."""
-    (out / "cmr").mkdir(parents=True, exist_ok=True)
-    row: dict[str, object] = {"subject_id": sid, "ecg_path": ""}
+                   extra: Mapping[str, object], *, name: str | None = None,
+                   subdir: str = "cmr") -> dict[str, object]:
+    """Write the ED/ES files of one subject as ``<subdir>/<name>_<phase>...``; return its
+    manifest row (``subject_id`` = ``name``, default ``sid``)."""
+    name = sid if name is None else name
+    prefix = f"{subdir}/{name}" if subdir else name
+    (out / subdir).mkdir(parents=True, exist_ok=True)
+    row: dict[str, object] = {"subject_id": name, "ecg_path": ""}
     labelled = [p.labels is not None for p in phases.values()]
     if any(labelled) and not all(labelled):
         raise DataError("ground truth for only one of ED and ES", subject=sid,
                         expected="label maps for both phases or for neither")
     for phase, data in phases.items():
-        row[f"cmr_{phase}_path"] = _write_nifti(out, f"cmr/{sid}_{phase}.nii.gz", data.image,
+        row[f"cmr_{phase}_path"] = _write_nifti(out, f"{prefix}_{phase}.nii.gz", data.image,
                                                 data.affine)
     if all(labelled):
         for phase, data in phases.items():
             row[f"cmr_{phase}_seg_path"] = _write_nifti(
-                out, f"cmr/{sid}_{phase}_seg.nii.gz", data.labels, data.affine)
+                out, f"{prefix}_{phase}_seg.nii.gz", data.labels, data.affine)
         ed, es = phases["ed"], phases["es"]
         row.update(measure_phenotypes(ed.labels, es.labels, spacing_from_affine(ed.affine)))
     else:
