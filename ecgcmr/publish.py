@@ -77,8 +77,33 @@ def render_controls(root: Path) -> str:
                                               f"`{CONTROLS_FOLDER}/`") + "\n"
 
 
+def render_world_ceilings(root: Path) -> str:
+    """The functional phenotypes' idealised readouts in every world with committed ceilings:
+    what dual-phase alignment could add at best over one phase, by systolic coupling."""
+    folder = root / "results" / "ceilings"
+    couplings = sorted({float(f.name.split("coupling")[1].split("-")[0])
+                        for f in folder.glob("ceilings-coupling*-n*.csv")})
+    lines = ["| coupling | target | readout ED | readout ES | readout ED+ES | ED+ES − ED | "
+             "ED+ES − ES | subjects |", "|---|---|---|---|---|---|---|---|"]
+    sources = []
+    for coupling in couplings:
+        table = committed_ceilings(coupling, folder=folder).set_index("target")
+        sources.append(folder / table["source"].iloc[0])
+        for target in ("lvef_pct", "lvesv_ml", "lvedv_ml"):
+            r = table.loc[target]
+            lines.append(f"| {coupling:g} | `{target}` | {r['readout_ed']:.3f} | "
+                         f"{r['readout_es']:.3f} | {r['readout_dual']:.3f} | "
+                         f"{r['readout_dual'] - r['readout_ed']:+.3f} | "
+                         f"{r['readout_dual'] - r['readout_es']:+.3f} | {int(r['n']):,} |")
+    made_by = ("`results/ceilings/` (`python benchmarks/ceilings.py --systolic-coupling C "
+               "--n N --seed 1 --out results/ceilings/ceilings-couplingC-nN-seed1.csv`, N in "
+               "the last column)")
+    return "\n".join(lines) + "\n\n" + _stamp(sources, made_by) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {"ceilings": render_ceilings,
-                                                "controls": render_controls}
+                                                "controls": render_controls,
+                                                "world-ceilings": render_world_ceilings}
 
 
 def _stamp(sources: list[Path], what: str) -> str:

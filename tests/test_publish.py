@@ -14,9 +14,9 @@ from ecgcmr.publish import publish, render
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_readme_is_what_its_result_files_give() -> None:
-    assert publish([ROOT / "README.md"], ROOT, check=True) == [], \
-        "README.md is stale: run `ecgcmr publish` and commit"
+def test_the_readme_and_docs_are_what_their_result_files_give() -> None:
+    files = [ROOT / "README.md", ROOT / "docs" / "controls.md"]
+    assert publish(files, ROOT, check=True) == [], "stale: run `ecgcmr publish` and commit"
 
 
 def test_a_hand_edit_is_found_and_rewritten(tmp_path: Path) -> None:
