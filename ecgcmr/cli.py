@@ -51,13 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate a manifest; lists every problem by subject")
     p.add_argument("manifest", type=Path)
     p.add_argument("--checksums", action="store_true", help="verify *_sha256 columns")
+    _kind_arg(p)
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("preprocess", help="build the preprocessing cache of a manifest")
     p.add_argument("--manifest", required=True, type=Path)
+    _kind_arg(p)
     p.add_argument("--cmr-only", action="store_true",
-                   help="accept subjects without an ECG (e.g. an ACDC/M&Ms manifest, for "
-                        "stage A); they never enter an ECG stage")
+                   help="the same as --kind cmr_only: accept subjects without an ECG (e.g. an "
+                        "ACDC/M&Ms manifest, for stage A); they never enter an ECG stage")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="default: data/cache/<manifest folder>-<hash of the settings>, "
                         "where the notebooks and `ecgcmr pretrain` look")
@@ -122,11 +124,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="re-render the README's generated result tables from "
                                        "the committed files under results/")
-    p.add_argument("files", nargs="*", type=Path, default=[Path("README.md")])
+    p.add_argument("files", nargs="*", type=Path,
+                   default=[Path("README.md"), Path("docs") / "controls.md"])
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if a generated block is stale")
     p.set_defaults(func=_publish)
 
+    _predict_parser(sub)
     _manifest_parsers(sub)
     _convert_parsers(sub)
     return parser
@@ -236,11 +240,19 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kind_arg(p: argparse.ArgumentParser) -> None:
+    from ecgcmr.data.manifest import KINDS
+
+    p.add_argument("--kind", choices=KINDS, default=None,
+                   help="paired (ECG + ED/ES CMR), ecg_only or cmr_only; default: the "
+                        "manifest's kind column, else told from which paths it fills")
+
+
 def _validate(args: argparse.Namespace) -> int:
     from ecgcmr.data.manifest import read_manifest
 
-    df = read_manifest(args.manifest, verify_checksums=args.checksums)
-    print(f"{args.manifest}: {len(df)} subjects, valid; splits "
+    df = read_manifest(args.manifest, args.kind, verify_checksums=args.checksums)
+    print(f"{args.manifest}: {len(df)} subjects, valid ({df.attrs['kind']}); splits "
           + ", ".join(f"{k}={v}" for k, v in df["split"].value_counts().sort_index().items()))
     return 0
 
@@ -253,11 +265,14 @@ def _preprocess(args: argparse.Namespace) -> int:
 
     spec = get_profile(args.profile).cache_spec(notch_hz=args.notch_hz or None)
     folder = args.cache_dir or cache_dir_for(args.manifest, spec.to_json(), args.data_dir)
-    manifest = read_manifest(args.manifest, require_ecg=not args.cmr_only)
+    if args.cmr_only and args.kind not in (None, "cmr_only"):
+        raise SystemExit(f"ecgcmr: --cmr-only contradicts --kind {args.kind}")
+    kind = "cmr_only" if args.cmr_only else args.kind
+    manifest = read_manifest(args.manifest, kind)
     cache = build_cache(manifest, folder, spec, workers=args.workers)
     n_bad = int((~cache.index["ok"]).sum())
-    print(f"cache {folder}: {len(cache.index) - n_bad} subjects ok, {n_bad} rejected "
-          f"(see {Path(folder) / 'qc_report.csv'})")
+    print(f"cache {folder} ({manifest.attrs['kind']}): {len(cache.index) - n_bad} subjects ok, "
+          f"{n_bad} rejected (see {Path(folder) / 'qc_report.csv'})")
     return 0
 
 
@@ -301,6 +316,86 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 1 if "failed" in result.values() else 0
 
 
+# --- ecgcmr predict -----------------------------------------------------------------------------
+
+
+def _predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="phenotype predictions for 12-lead ECGs with a trained encoder",
+        description="Predict the image-derived phenotypes of every ECG among the inputs with "
+                    "the ECG encoder of --checkpoint and a linear probe per phenotype (notebook "
+                    "03's). The inputs are WFDB records (a record path, its .hea or its signal "
+                    "file, e.g. a PhysioNet/CinC .mat with its .hea) or folders of them; other "
+                    "formats (DICOM, GE MUSE or CardioSoft XML) are converted first with "
+                    "`ecgcmr convert ecg`. One row per recording with qc_ok and qc_reason: a "
+                    "record failing QC gets its reason and no prediction, the others go on. The "
+                    "head (head.json) is read from --head when that file exists; otherwise it is "
+                    "fitted on the training split of the cache of --manifest (or --cache-dir) "
+                    "and written to --head, or beside --out. The model card is printed and "
+                    "written beside --out; weights trained on synthetic data say so in the "
+                    "CSV's first line.")
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="stage-B/C best.pt (or a shipped .pt), or a run folder of notebook 02")
+    p.add_argument("--ecg", required=True, nargs="+", type=Path, metavar="INPUT",
+                   help="WFDB records or folders of them")
+    p.add_argument("--out", required=True, type=Path, help="predictions CSV")
+    p.add_argument("--head", type=Path, default=None,
+                   help="head.json to use (or to write when it does not exist; default: "
+                        "head.json beside --out)")
+    _data_args(p)
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="fit the head on this finished cache instead of locating one from "
+                        "--manifest/--profile/--data-dir")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probe's CV folds")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from ecgcmr import predict as pr
+
+    encoder, card = pr.load_encoder(args.checkpoint)
+    head_path = args.head or args.out.with_name("head.json")
+    if args.head is not None and args.head.is_file():
+        head = pr.read_head(args.head)
+        if head["encoder"]["weights_digest"] != card["weights_digest"]:
+            raise DataError("the head was fitted on the embeddings of another encoder",
+                            path=args.head, expected=f"weights digest {card['weights_digest']}",
+                            found=str(head["encoder"]["weights_digest"]))
+    else:
+        if args.cache_dir is not None:
+            from ecgcmr.data.cache import open_cache
+
+            cache, manifest = open_cache(args.cache_dir), None
+        else:
+            from ecgcmr.runs import locate_manifest
+
+            cache = _open_cache(args)
+            manifest = locate_manifest(args.manifest, profile=args.profile,
+                                       n_subjects=args.n_subjects, cohort_seed=args.cohort_seed,
+                                       data_dir=args.data_dir,
+                                       systolic_coupling=args.systolic_coupling)
+        head = pr.head_for_cache(encoder, card, cache, seed=args.seed, device=args.device,
+                                 manifest_path=manifest)
+        pr.write_head(head, head_path)
+        print(f"head: linear probes of {', '.join(head['targets'])} fitted on the training "
+              f"split of {cache.root} -> {head_path}")
+    records, bad = pr.find_records(args.ecg)
+    table = pr.predict_records(records, encoder, head, device=args.device, bad_inputs=bad,
+                               progress=not args.no_progress)
+    model_card = pr.model_card(card, head)
+    card_path = pr.write_predictions(table, args.out, model_card)
+    print(json.dumps(model_card, indent=2, default=str))
+    n_ok = int(table["qc_ok"].sum())
+    print(f"{n_ok} of {len(table)} recordings predicted, {len(table) - n_ok} failed QC "
+          f"(qc_reason in {args.out}); model card: {card_path}")
+    print(model_card["warning"])
+    return 0 if n_ok else 2
+
+
 # --- ecgcmr manifest ukb|folders ----------------------------------------------------------------
 
 
@@ -335,9 +430,10 @@ def _manifest_parsers(sub: argparse._SubParsersAction) -> None:
         "folders", help="any folders of WFDB records + NIfTI ED/ES volumes",
         description="Match files to subjects by name: <id>.hea, <id>_ed.nii.gz, "
                     "<id>_es.nii.gz, optional <id>_ed_seg.nii.gz / <id>_es_seg.nii.gz "
-                    "(change with --pattern). Every ECG must hold the 12 standard leads by name.")
-    f.add_argument("--ecg-dir", required=True, type=Path, help="folder of WFDB records")
-    f.add_argument("--cmr-dir", required=True, type=Path, help="folder of NIfTI volumes")
+                    "(change with --pattern). Every ECG must hold the 12 standard leads by name. "
+                    "--ecg-dir alone makes an ECG-only manifest, --cmr-dir alone a CMR-only one.")
+    f.add_argument("--ecg-dir", type=Path, default=None, help="folder of WFDB records")
+    f.add_argument("--cmr-dir", type=Path, default=None, help="folder of NIfTI volumes")
     f.add_argument("--out", required=True, type=Path, help="output folder (created)")
     f.add_argument("--table", type=Path, default=None,
                    help="optional CSV/parquet of phenotypes, outcomes, covariates, split")
@@ -369,6 +465,8 @@ def _manifest_folders(args: argparse.Namespace) -> int:
         if not sep or not column:
             raise SystemExit(f"ecgcmr: --pattern expects COLUMN=REGEX, got {item!r}")
         patterns[column.strip()] = regex or None
+    if args.ecg_dir is None and args.cmr_dir is None:
+        raise SystemExit("ecgcmr manifest folders needs --ecg-dir, --cmr-dir or both")
     manifest = build_folder_manifest(args.ecg_dir, args.cmr_dir, args.out, table=args.table,
                                      patterns=patterns, id_column=args.id_column)
     _print_built(manifest)
@@ -405,11 +503,33 @@ def _convert_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, type=Path, help="output folder (created)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_convert_ecg)
+    c = kinds.add_parser(
+        "cmr", help="short-axis cine CMR (DICOM zip or files, ACDC patient, M&Ms subject, 4D "
+                    "NIfTI) -> ED/ES NIfTI each",
+        description="Convert every short-axis cine among the inputs (files or folders, searched "
+                    "recursively) into <name>_ed.nii.gz / _es.nii.gz (+ _ed_seg / _es_seg "
+                    "where labels are given) in --out, with convert_report.csv listing every "
+                    "input: converted (and the frames chosen) or skipped (and why: not CMR, a "
+                    "long-axis view ...). 4D NIfTI: ED = frame 0, ES from labels or the images, "
+                    "unless <base>.json says {\"ED\": e, \"ES\": s} (0-based). Exit status 0 "
+                    "when anything converted, 2 when nothing did.")
+    c.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files or folders")
+    c.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.set_defaults(func=_convert_cmr)
 
 
 def _convert_ecg(args: argparse.Namespace) -> int:
     from ecgcmr.convert.ecg_any import CONVERTED, convert_ecgs, summary_line
 
     report = convert_ecgs(args.inputs, args.out, progress=not args.no_progress)
+    print(summary_line(report, args.out))
+    return 0 if (report["status"] == CONVERTED).any() else 2
+
+
+def _convert_cmr(args: argparse.Namespace) -> int:
+    from ecgcmr.convert.cmr_any import CONVERTED, convert_cmrs, summary_line
+
+    report = convert_cmrs(args.inputs, args.out, progress=not args.no_progress)
     print(summary_line(report, args.out))
     return 0 if (report["status"] == CONVERTED).any() else 2

@@ -19,8 +19,6 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
-
 from ecgcmr.constants import PHENOTYPES
 from ecgcmr.evaluate.ceilings import committed_ceilings
 

@@ -261,12 +261,13 @@ def test_mnms_csv_without_frame_columns(tmp_path: Path, phantom: Phantom) -> Non
 # --- the CMR-only manifest -------------------------------------------------------------------
 
 
-def test_cmr_only_manifest_validates_only_with_require_ecg_false(tmp_path: Path,
-                                                                 phantom: Phantom) -> None:
+def test_cmr_only_manifest_validates_as_its_kind_and_is_refused_as_paired(
+        tmp_path: Path, phantom: Phantom) -> None:
     write_acdc(tmp_path / "acdc", phantom)
     manifest = convert_acdc(tmp_path / "acdc", tmp_path / "out")
+    assert read_manifest(manifest).attrs["kind"] == "cmr_only"
     with pytest.raises(ManifestError, match=r"\[ecg_path\]: path is empty"):
-        read_manifest(manifest)  # the paired pipeline still needs an ECG per subject
+        read_manifest(manifest, "paired")  # the paired pipeline still needs an ECG per subject
     df = read_manifest(manifest, require_ecg=False)
     assert df["ecg_path"].isna().all() and len(df) == 1
     # without the column at all, and with a non-empty ECG path that does not exist
@@ -293,8 +294,9 @@ def test_a_cmr_only_collection_trains_stage_a_and_never_enters_an_ecg_stage(
         write_acdc(tmp_path / "acdc", phantom, pid=f"patient{i:03d}")
     manifest = convert_acdc(tmp_path / "acdc", tmp_path / "out")
     cache_dir = tmp_path / "cache"
-    # a paired-data run refuses the manifest; --cmr-only accepts it
-    assert main(["preprocess", "--manifest", str(manifest), "--cache-dir", str(cache_dir)]) != 0
+    # a paired-data run refuses the manifest; --cmr-only (its own kind) accepts it
+    assert main(["preprocess", "--manifest", str(manifest), "--cache-dir", str(cache_dir),
+                 "--kind", "paired"]) != 0
     assert "ecg_path" in capsys.readouterr().err
     assert main(["preprocess", "--manifest", str(manifest), "--cache-dir", str(cache_dir),
                  "--cmr-only", "--workers", "1"]) == 0

@@ -9,9 +9,14 @@ resampling NIfTI each time would starve any GPU. A cache folder holds them prepr
     cmr_es.bin       rows of (D, H, W)   ES volume
     entries.jsonl    one line per subject ever preprocessed here: its input key, its row or
                      its QC problems, and its input files (path, size, mtime, sha256)
-    index.csv        the current manifest's rows + ``row``, ``ok``, ``has_ecg``, ``input_key``
-                     and ``input_files`` (each file's path, size and mtime when it was hashed)
+    index.csv        the current manifest's rows + ``row``, ``ok``, ``has_ecg``, ``has_cmr``,
+                     ``input_key`` and ``input_files`` (each file's path, size and mtime when it
+                     was hashed)
     qc_report.csv    the current manifest's rejected records: subject_id, modality, file, reason
+
+A subject without an ECG (a CMR-only manifest) or without CMR (an ECG-only manifest) gets a row
+of zeros in the fields it lacks; ``has_ecg`` / ``has_cmr`` say so, and no dataset serves those
+zeros (:class:`ecgcmr.data.dataset.PairedDataset`).
 
 Integrity, the rules this module exists to keep:
 
@@ -298,6 +303,11 @@ def preprocess_subject(
             load_ecg(record["ecg_path"], subject=sid), spec.ecg))
     else:   # a CMR-only manifest (e.g. ACDC): zeros that no ECG dataset ever reads
         ecg = np.zeros((len(LEADS), ECG_N_SAMPLES), dtype=np.float32)
+    if not has_cmr(record):   # an ECG-only manifest: zeros that no CMR dataset ever reads
+        if problems:
+            return None, problems
+        empty = np.zeros(spec.grid.shape, dtype=np.float32)
+        return (ecg, empty, empty), []
     ed = attempt("cmr_ed", record["cmr_ed_path"],
                  lambda: load_cmr_canonical(record["cmr_ed_path"], subject=sid))
     es = attempt("cmr_es", record["cmr_es_path"],
@@ -318,6 +328,14 @@ def preprocess_subject(
 def has_ecg(record: dict[str, object]) -> bool:
     """Whether a manifest row names an ECG (CMR-only manifests leave ``ecg_path`` empty)."""
     return _path_or_none(record.get("ecg_path")) is not None
+
+
+def has_cmr(record: dict[str, object]) -> bool:
+    """Whether a manifest row names CMR (ECG-only manifests leave the CMR paths empty or out).
+
+    A row with one phase only counts as having CMR: the missing phase is then a QC problem.
+    """
+    return any(_path_or_none(record.get(c)) is not None for c in ("cmr_ed_path", "cmr_es_path"))
 
 
 def _heart_center(record: dict[str, object], ed, es) -> tuple[float, float, float]:  # noqa: ANN001
@@ -370,6 +388,11 @@ def fingerprint(record: dict[str, object], spec: CacheSpec) -> tuple[str, dict[s
         "inputs": {col: [f.get("sha256", "missing") for f in files]
                    for col, files in inputs.items()},
     }
+    if has_ecg(record) and not has_cmr(record):
+        # ECG-only subjects were QC rejections ("no CMR") before ECG-only manifests existed:
+        # their own key, so such an old entry is never reused (every other key is unchanged,
+        # as is every other subject's processing, so no other row needs rebuilding)
+        key_material["ecg_only"] = True
     key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()
     return key, inputs
 
@@ -533,7 +556,8 @@ def _write_index(root: Path, manifest: pd.DataFrame, prints: list[tuple[str, dic
     index.insert(1, "row", [-1 if r is None else r for r in rows])
     index.insert(2, "ok", [r is not None for r in rows])
     index.insert(3, "has_ecg", [has_ecg(r) for r in manifest.to_dict("records")])
-    index.insert(4, "input_key", keys)
+    index.insert(4, "has_cmr", [has_cmr(r) for r in manifest.to_dict("records")])
+    index.insert(5, "input_key", keys)
     index["input_files"] = [json.dumps([[f["path"], f.get("size"), f.get("mtime_ns")]
                                         for files in inputs.values() for f in files])
                             for _, inputs in prints]

@@ -144,7 +144,9 @@ class PairedDataset(Dataset):
     """(ECG, CMR ED, CMR ES[, targets]) for one split of a preprocessing cache.
 
     ``fields`` picks a subset (e.g. ``("ecg",)`` for the ECG masked autoencoder, which then
-    reads no CMR from disk); the order of the returned tensors follows ``FIELDS``.
+    reads no CMR from disk); the order of the returned tensors follows ``FIELDS``. Only
+    subjects that have every field asked for are served: a CMR-only subject (``has_ecg``
+    False) never reaches an ECG field, an ECG-only one (``has_cmr`` False) never a CMR field.
     """
 
     def __init__(
@@ -175,6 +177,8 @@ class PairedDataset(Dataset):
         subjects = self.cache.rows(split)
         if "ecg" in self.fields and "has_ecg" in subjects.columns:  # CMR-only subjects
             subjects = subjects[subjects["has_ecg"]]
+        if {"cmr_ed", "cmr_es"} & set(self.fields) and "has_cmr" in subjects.columns:
+            subjects = subjects[subjects["has_cmr"]]        # ECG-only subjects (zero volumes)
         self.subjects = subjects.reset_index(drop=True)
         missing = [t for t in targets if t not in self.subjects.columns]
         if missing:

@@ -4,6 +4,15 @@ A manifest (CSV or parquet) lists, per subject, the ECG record, the CMR volumes 
 optional label maps, phenotypes, outcomes, covariates and the split. Paths are relative to the
 manifest's folder (absolute paths are allowed). See ``data_manifests/README.md`` for the schema.
 
+A manifest is of one of three kinds (:data:`KINDS`), stated by a ``kind`` argument or column or
+inferred from which path columns are filled (:func:`infer_kind`):
+
+* ``paired``   — ECG and CMR at ED and ES for every subject (pretraining, the paper's setting);
+* ``ecg_only`` — an ECG per subject, no CMR (external validation of a trained ECG encoder,
+  ``ecgcmr predict``); CMR paths may be absent or empty, a given one must exist;
+* ``cmr_only`` — CMR at ED and ES per subject, no ECG (public CMR collections such as ACDC or
+  M&Ms, for the CMR encoders of stage A); ``ecg_path`` may be absent or empty.
+
 Validation collects *every* problem first and reports them all at once, by subject, so a user
 with 30,000 rows fixes their manifest in one pass rather than one error per run.
 """
@@ -27,6 +36,13 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "ecg_path", "cmr_ed_path", "c
 OPTIONAL_PATH_COLUMNS: tuple[str, ...] = ("cmr_ed_seg_path", "cmr_es_seg_path")
 PATH_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS[1:] + OPTIONAL_PATH_COLUMNS
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: The kinds of manifest and the path columns each requires on every row.
+KINDS: tuple[str, ...] = ("paired", "ecg_only", "cmr_only")
+KIND_PATHS: dict[str, tuple[str, ...]] = {
+    "paired": ("ecg_path", "cmr_ed_path", "cmr_es_path"),
+    "ecg_only": ("ecg_path",),
+    "cmr_only": ("cmr_ed_path", "cmr_es_path"),
+}
 #: The paper's split: 70/15/15 at random with seed 42.
 DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
 DEFAULT_SPLIT_SEED: int = 42
@@ -107,6 +123,7 @@ class ManifestError(DataError):
 
 def read_manifest(
     path: str | Path,
+    kind: str | None = None,
     *,
     check_files: bool = True,
     verify_checksums: bool = False,
@@ -115,22 +132,66 @@ def read_manifest(
     """Read and validate a manifest; return it with path columns resolved to absolute paths.
 
     Raises :class:`ManifestError` (a :class:`~ecgcmr.errors.DataError`) listing every problem.
-    ``df.attrs["manifest_path"]`` keeps where it came from. If the manifest has no ``split``
-    column, the paper's 70/15/15 split (seed 42) is assigned. ``require_ecg=False`` accepts a
-    CMR-only manifest (public CMR collections, for the CMR encoders of stage A): ``ecg_path``
-    may then be absent or empty; a non-empty one must still name an existing record.
+    ``kind`` (one of :data:`KINDS`; None: the manifest's ``kind`` column, else inferred by
+    :func:`infer_kind`) decides which path columns every row must fill; it is recorded in
+    ``df.attrs["kind"]``. ``df.attrs["manifest_path"]`` keeps where it came from. If the
+    manifest has no ``split`` column, the paper's 70/15/15 split (seed 42) is assigned.
+    ``require_ecg=False`` makes ``ecg_path`` optional on every row (mixed cohorts: subjects
+    without an ECG serve the CMR stages only); a non-empty one must still name an existing
+    record. The kind recorded is then ``cmr_only`` unless every subject has an ECG.
     """
     path = Path(path)
     df = _read_table(path)
-    problems = validate_manifest(df, root=path.parent, check_files=check_files,
+    problems = validate_manifest(df, root=path.parent, kind=kind, check_files=check_files,
                                  verify_checksums=verify_checksums, require_ecg=require_ecg)
     if problems:
         raise ManifestError(path, problems)
+    found = _effective_kind(df, kind, require_ecg)
     df = resolve_paths(df, path.parent)
     if "split" not in df.columns:
         df["split"] = assign_splits(df["subject_id"])
     df.attrs["manifest_path"] = str(path.resolve())
+    df.attrs["kind"] = found
     return df
+
+
+def infer_kind(df: pd.DataFrame) -> str:
+    """The kind of a manifest: its ``kind`` column when it has one (one value for every row),
+    else ``ecg_only`` when it names ECGs and no CMR, ``cmr_only`` when it names CMR and no
+    ECG, ``paired`` otherwise (then every row must have all three paths).
+
+    Raises :class:`DataError` for a ``kind`` column with several or unknown values.
+    """
+    if "kind" in df.columns:
+        values = sorted({str(v).strip() for v in df["kind"] if not _is_missing(v)})
+        if len(values) != 1 or values[0] not in KINDS:
+            raise DataError("the kind column must hold one value for every subject",
+                            expected=" or ".join(KINDS), found=", ".join(values) or "nothing")
+        return values[0]
+    ecg = _filled(df, "ecg_path").any()
+    cmr = (_filled(df, "cmr_ed_path") | _filled(df, "cmr_es_path")).any()
+    if ecg and not cmr:
+        return "ecg_only"
+    if cmr and not ecg:
+        return "cmr_only"
+    return "paired"
+
+
+def _filled(df: pd.DataFrame, column: str) -> pd.Series:
+    """Rows whose ``column`` names a file (all False when the column is absent)."""
+    if column not in df.columns:
+        return pd.Series(False, index=df.index)
+    return pd.Series([not _is_missing(v) and str(v).strip() != "" for v in df[column]],
+                     index=df.index, dtype=bool)
+
+
+def _effective_kind(df: pd.DataFrame, kind: str | None, require_ecg: bool) -> str:
+    """The kind recorded in ``df.attrs`` (``require_ecg=False`` with a subject lacking an ECG:
+    ``cmr_only``, the kind whose rows need CMR and no ECG)."""
+    found = kind or infer_kind(df)
+    if found == "paired" and not require_ecg and not _filled(df, "ecg_path").all():
+        return "cmr_only"
+    return found
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -163,16 +224,27 @@ def validate_manifest(
     df: pd.DataFrame,
     *,
     root: str | Path,
+    kind: str | None = None,
     check_files: bool = True,
     verify_checksums: bool = False,
     require_ecg: bool = True,
 ) -> list[Problem]:
     """Every problem in ``df``, in subject order; an empty list means the manifest is valid.
 
+    ``kind``: see :func:`read_manifest` (None: the ``kind`` column, else inferred);
     ``require_ecg=False``: ``ecg_path`` is optional (see :func:`read_manifest`).
     """
-    required = REQUIRED_COLUMNS if require_ecg else tuple(
-        c for c in REQUIRED_COLUMNS if c != "ecg_path")
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
+    try:
+        stated = infer_kind(df) if kind is None or "kind" in df.columns else kind
+    except DataError as exc:
+        return [Problem("", "kind", str(exc))]
+    if kind is not None and stated != kind:
+        return [Problem("", "kind", f"the kind column says {stated!r}, the caller {kind!r}")]
+    required = ("subject_id", *KIND_PATHS[stated])
+    if not require_ecg and stated != "ecg_only":
+        required = tuple(c for c in required if c != "ecg_path")
     missing = [c for c in required if c not in df.columns]
     if missing:
         return [Problem("", c, "required column is missing") for c in missing]

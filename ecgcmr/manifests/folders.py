@@ -11,6 +11,8 @@ The defaults (:data:`DEFAULT_PATTERNS`, case-insensitive, at any depth) cover::
 A subject is kept when it has exactly one file for each required column (ECG, CMR ED, CMR ES)
 and its ECG header holds the 12 standard leads by name, in any order or case (checked with the
 project's own loader, :func:`ecgcmr.data.ecg.read_ecg`, so what passes here loads later).
+Without a CMR folder the manifest is ECG-only (only ``ecg_path`` required); without an ECG
+folder it is CMR-only (see :data:`ecgcmr.data.manifest.KINDS`).
 Everything else is listed in ``build_report.csv`` (subject, file, reason), never dropped
 silently: subjects lacking a file, several files for one column, unreadable or incomplete ECGs,
 table rows without files, and files that match no pattern (a typo in a name shows up there).
@@ -31,8 +33,8 @@ from tqdm.auto import tqdm
 
 from ecgcmr.data.ecg import read_ecg, record_signal_files
 from ecgcmr.data.manifest import (
+    KIND_PATHS,
     PATH_COLUMNS,
-    REQUIRED_COLUMNS,
     ManifestError,
     validate_manifest,
 )
@@ -48,14 +50,13 @@ DEFAULT_PATTERNS: dict[str, str] = {
     "cmr_ed_seg_path": rf"(?i)(?:.*/)?(?P<id>[^/]+)_ed_seg{_NIFTI}",
     "cmr_es_seg_path": rf"(?i)(?:.*/)?(?P<id>[^/]+)_es_seg{_NIFTI}",
 }
-_REQUIRED_PATHS = REQUIRED_COLUMNS[1:]          # ecg_path, cmr_ed_path, cmr_es_path
 
 Found = dict[str, dict[str, list[Path]]]        # column -> subject id -> matching files
 
 
 def build_folder_manifest(
-    ecg_dir: str | Path,
-    cmr_dir: str | Path,
+    ecg_dir: str | Path | None,
+    cmr_dir: str | Path | None,
     out_dir: str | Path,
     *,
     table: str | Path | pd.DataFrame | None = None,
@@ -65,6 +66,7 @@ def build_folder_manifest(
 ) -> Path:
     """Match the files of ``ecg_dir`` and ``cmr_dir`` to subjects and write the manifest.
 
+    ``cmr_dir=None`` builds an ECG-only manifest, ``ecg_dir=None`` a CMR-only one.
     ``patterns`` overrides :data:`DEFAULT_PATTERNS` per column (``None`` switches an optional
     label-map column off). ``table`` (a CSV/parquet path or a DataFrame) is joined on
     ``id_column``. Writes ``out_dir/manifest.csv`` (paths relative to ``out_dir``) and
@@ -72,15 +74,20 @@ def build_folder_manifest(
     arguments or when no subject is complete, and :class:`ManifestError` when the result fails
     validation (after writing both files, so they can be inspected).
     """
-    ecg_dir, cmr_dir, out = Path(ecg_dir), Path(cmr_dir), Path(out_dir)
-    compiled = _compile_patterns(patterns)
+    if ecg_dir is None and cmr_dir is None:
+        raise DataError("no folder given", expected="an ECG folder, a CMR folder or both")
+    kind = "paired" if ecg_dir is not None and cmr_dir is not None else \
+        "ecg_only" if ecg_dir is not None else "cmr_only"
+    ecg_dir = None if ecg_dir is None else Path(ecg_dir)
+    cmr_dir, out = None if cmr_dir is None else Path(cmr_dir), Path(out_dir)
+    compiled = _compile_patterns(patterns, kind)
     side_table = None if table is None else _read_side_table(table, id_column)
     report = BuildReport()
     found = _match_files(ecg_dir, cmr_dir, compiled, out, report)
     rows = []
     subjects = sorted(set().union(*(found[c] for c in compiled)))
     for sid in tqdm(subjects, desc="subjects", unit="subj", disable=not progress):
-        files = _subject_files(sid, found, report)
+        files = _subject_files(sid, found, report, KIND_PATHS[kind])
         if files is not None:
             rows.append({"subject_id": sid,
                          **{col: _relative(path, out, col) for col, path in files.items()}})
@@ -90,7 +97,7 @@ def build_folder_manifest(
             if sid not in with_files:
                 report.add(sid, "", "in the table but no file matches this id")
     report.write(out / "build_report.csv")
-    return _write_manifest(out, rows, side_table)
+    return _write_manifest(out, rows, side_table, kind)
 
 
 # ============================================================================================
@@ -99,17 +106,24 @@ def build_folder_manifest(
 
 
 def _compile_patterns(
-    patterns: Mapping[str, str | re.Pattern[str] | None] | None,
+    patterns: Mapping[str, str | re.Pattern[str] | None] | None, kind: str = "paired",
 ) -> dict[str, re.Pattern[str]]:
-    merged: dict[str, str | re.Pattern[str] | None] = {**DEFAULT_PATTERNS, **(patterns or {})}
-    unknown = sorted(set(merged) - set(PATH_COLUMNS))
+    unknown = sorted(set(patterns or {}) - set(PATH_COLUMNS))
     if unknown:
         raise DataError(f"patterns given for unknown column(s): {', '.join(unknown)}",
                         expected=f"some of {', '.join(PATH_COLUMNS)}")
+    searched = [c for c in PATH_COLUMNS if kind == "paired"
+                or (c == "ecg_path") == (kind == "ecg_only")]   # columns with a folder
+    absent = sorted(c for c, p in (patterns or {}).items() if c not in searched and p is not None)
+    if absent:
+        raise DataError(f"pattern(s) given for {', '.join(absent)} but no folder to search",
+                        expected="--ecg-dir for ecg_path, --cmr-dir for the CMR columns")
+    merged: dict[str, str | re.Pattern[str] | None] = {
+        c: p for c, p in {**DEFAULT_PATTERNS, **(patterns or {})}.items() if c in searched}
     compiled = {}
     for column, pattern in merged.items():
         if pattern is None:
-            if column in _REQUIRED_PATHS:
+            if column in KIND_PATHS[kind]:
                 raise DataError(f"the pattern of required column {column} cannot be switched off")
             continue
         try:
@@ -138,8 +152,9 @@ def _folder_files(folder: Path, out: Path) -> list[Path]:
     return files
 
 
-def _match_files(ecg_dir: Path, cmr_dir: Path, patterns: Mapping[str, re.Pattern[str]],
-                 out: Path, report: BuildReport) -> Found:
+def _match_files(ecg_dir: Path | None, cmr_dir: Path | None,
+                 patterns: Mapping[str, re.Pattern[str]], out: Path, report: BuildReport
+                 ) -> Found:
     """Every file matched to (column, subject id); files matching no pattern are reported."""
     columns_in: dict[Path, list[str]] = {}   # a folder -> the columns searched in it
     for column in patterns:
@@ -173,7 +188,8 @@ def _first_match(rel: str, columns: list[str], patterns: Mapping[str, re.Pattern
     return None, ""
 
 
-def _subject_files(sid: str, found: Found, report: BuildReport) -> dict[str, Path] | None:
+def _subject_files(sid: str, found: Found, report: BuildReport, required: tuple[str, ...]
+                   ) -> dict[str, Path] | None:
     """The subject's file per column, or None (with the reasons reported) if it is left out."""
     files: dict[str, Path] = {}
     complete = True
@@ -185,7 +201,7 @@ def _subject_files(sid: str, found: Found, report: BuildReport) -> dict[str, Pat
                 report.add(sid, path, f"{len(matches)} files match {column} for this subject")
         elif matches:
             files[column] = matches[0]
-        elif column in _REQUIRED_PATHS:
+        elif column in required:
             complete = False
             report.add(sid, "", f"no file for required column {column}")
     if "ecg_path" in files and not _has_twelve_leads(sid, files["ecg_path"], report):
@@ -245,18 +261,21 @@ def _read_side_table(table: str | Path | pd.DataFrame, id_column: str) -> pd.Dat
     return df
 
 
-def _write_manifest(out: Path, rows: list[dict[str, str]], side_table: pd.DataFrame | None
-                    ) -> Path:
+def _write_manifest(out: Path, rows: list[dict[str, str]], side_table: pd.DataFrame | None,
+                    kind: str = "paired") -> Path:
     if not rows:
-        raise DataError("no subject has all required files with a valid ECG; see "
-                        "build_report.csv for why", path=out / "build_report.csv")
+        what = "a valid ECG" if kind == "ecg_only" else "all required files" + (
+            " with a valid ECG" if kind == "paired" else "")
+        raise DataError(f"no subject has {what}; see build_report.csv for why",
+                        path=out / "build_report.csv")
     manifest = pd.DataFrame(rows)
     manifest = manifest[["subject_id", *[c for c in PATH_COLUMNS if c in manifest.columns]]]
     if side_table is not None:
         manifest = manifest.merge(side_table, on="subject_id", how="left")
     path = out / "manifest.csv"
     write_csv_atomic(manifest, path)
-    problems = validate_manifest(pd.read_csv(path, dtype={"subject_id": str}), root=out)
+    problems = validate_manifest(pd.read_csv(path, dtype={"subject_id": str}), root=out,
+                                 kind=kind)
     if problems:
         raise ManifestError(path, problems)
     return path
