@@ -388,11 +388,6 @@ def fingerprint(record: dict[str, object], spec: CacheSpec) -> tuple[str, dict[s
         "inputs": {col: [f.get("sha256", "missing") for f in files]
                    for col, files in inputs.items()},
     }
-    if has_ecg(record) and not has_cmr(record):
-        # ECG-only subjects were QC rejections ("no CMR") before ECG-only manifests existed:
-        # their own key, so such an old entry is never reused (every other key is unchanged,
-        # as is every other subject's processing, so no other row needs rebuilding)
-        key_material["ecg_only"] = True
     key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()
     return key, inputs
 
