@@ -144,6 +144,12 @@ def _publish(args: argparse.Namespace) -> int:
     stale = publish(files, project_root(), check=args.check)
     for file in stale:
         print(f"{file}: {'stale' if args.check else 'updated'}")
+    if not args.check:
+        from ecgcmr.publish import control_figure
+
+        figure = control_figure(project_root())
+        if figure is not None:
+            print(f"{figure}: drawn")
     return 1 if args.check and stale else 0
 
 

@@ -159,3 +159,29 @@ def publish(files: list[Path], root: Path, *, check: bool = False) -> list[Path]
             if not check:
                 file.write_text(new)
     return stale
+
+
+def control_figure(root: Path) -> Path | None:
+    """``figures/control_dual_phase.png`` from the committed control runs and the ceilings of
+    each world (the figure notebook 05 draws for a control grid); None without control runs.
+    The figure's title names the results' commit."""
+    from ecgcmr.evaluate.controls import control_differences, plot_control
+    from ecgcmr.plots import save_figure
+
+    folder = root / CONTROLS_FOLDER
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    table = control_differences(folder)
+    ceilings = []
+    for coupling in sorted(table["systolic_coupling"].unique()):
+        found = committed_ceilings(coupling, folder=root / "results" / "ceilings")
+        if found is not None:
+            ceilings.append(found.assign(systolic_coupling=coupling))
+    fig = plot_control(table, pd.concat(ceilings) if ceilings else None)
+    commits = sorted({_last_commit(f) for f in folder.glob("*/tables/03_predictions.csv")})
+    from ecgcmr.evaluate.controls import run_parameters
+
+    profiles = sorted(set(run_parameters(folder, ("profile",))["profile"].dropna()))
+    fig.suptitle(f"dual-phase controls, {'/'.join(profiles)} profile (results commit "
+                 f"{', '.join(commits)})", fontsize=9)
+    return save_figure(fig, root / "figures" / "control_dual_phase.png")[0]

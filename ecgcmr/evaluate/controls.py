@@ -82,7 +82,9 @@ def plot_control(differences: pd.DataFrame, ceilings: pd.DataFrame | None = None
     ``systolic_coupling`` × ``target`` with ``readout_ed``, ``readout_es``, ``readout_dual``),
     the idealised readouts' difference beside it (open markers): what alignment with both
     phases could add at best in that world."""
-    targets = list(dict.fromkeys(differences["target"]))
+    present = list(dict.fromkeys(differences["target"]))
+    targets = [t for t in CONTROL_TARGETS if t in present] + \
+        [t for t in present if t not in CONTROL_TARGETS]
     couplings = sorted(differences[COUPLING].unique())
     others = list(dict.fromkeys(differences["versus"]))
     fig = Figure(figsize=(4.0 * len(targets), 3.6), layout="constrained")
