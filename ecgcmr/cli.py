@@ -526,7 +526,8 @@ def _convert_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _convert_ecg(args: argparse.Namespace) -> int:
-    from ecgcmr.convert.ecg_any import CONVERTED, convert_ecgs, summary_line
+    from ecgcmr.convert.batch import CONVERTED, summary_line
+    from ecgcmr.convert.ecg_any import convert_ecgs
 
     report = convert_ecgs(args.inputs, args.out, progress=not args.no_progress)
     print(summary_line(report, args.out))
@@ -534,7 +535,8 @@ def _convert_ecg(args: argparse.Namespace) -> int:
 
 
 def _convert_cmr(args: argparse.Namespace) -> int:
-    from ecgcmr.convert.cmr_any import CONVERTED, convert_cmrs, summary_line
+    from ecgcmr.convert.batch import CONVERTED, summary_line
+    from ecgcmr.convert.cmr_any import convert_cmrs
 
     report = convert_cmrs(args.inputs, args.out, progress=not args.no_progress)
     print(summary_line(report, args.out))

@@ -37,6 +37,7 @@ from torch import nn
 from ecgcmr.constants import PHENOTYPES
 from ecgcmr.data.cache import Cache, CacheSpec
 from ecgcmr.data.ecg import EcgPreprocessing, load_ecg, preprocess_ecg, record_signal_files
+from ecgcmr.data.manifest import sha256_file
 from ecgcmr.errors import DataError
 
 HEAD_FORMAT = 1
@@ -104,7 +105,7 @@ def load_encoder(checkpoint: str | Path) -> tuple[nn.Module, dict[str, object]]:
 
 
 def _file_card(path: Path, config: dict[str, object]) -> dict[str, object]:
-    card: dict[str, object] = {"weights_file": str(path.resolve()), "sha256": _sha256(path),
+    card: dict[str, object] = {"weights_file": str(path.resolve()), "sha256": sha256_file(path),
                                "config": config}
     folder_config = path.parent / "config.json"   # a stage folder's own copy (ecgcmr.train)
     if folder_config.is_file():
@@ -160,7 +161,7 @@ def _shipped_entry(weights: Path) -> dict[str, object] | None:
 
     if not WEIGHTS_ROOT.is_dir() or not weights.is_file():
         return None
-    digest = _sha256(weights)
+    digest = sha256_file(weights)
     for card_path in sorted(WEIGHTS_ROOT.glob(f"*/{CARD}")):
         card = json.loads(card_path.read_text())
         for entry in card.get("files", {}).values():
@@ -495,13 +496,6 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, comment="#", dtype={"subject_id": str, "qc_reason": str},
                        float_precision="round_trip")
 
-
-def _sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def embed_with(checkpoint: str | Path, cache: Cache, *, device: str = "auto") -> pd.DataFrame:

@@ -19,7 +19,8 @@ from scipy.io import loadmat
 
 from ecgcmr.cli import main
 from ecgcmr.constants import LEADS
-from ecgcmr.convert.ecg_any import REPORT_COLUMNS, REPORT_NAME, convert_ecgs
+from ecgcmr.convert.batch import REPORT_COLUMNS, REPORT_NAME
+from ecgcmr.convert.ecg_any import convert_ecgs
 from ecgcmr.convert.wfdb_out import write_wfdb
 from ecgcmr.data.ecg import load_ecg, read_ecg, record_signal_files
 from ecgcmr.errors import DataError

@@ -62,6 +62,13 @@ import pandas as pd
 import pydicom
 from tqdm.auto import tqdm
 
+from ecgcmr.convert.batch import (
+    CONVERTED,
+    SKIPPED,
+    collect_inputs,
+    write_report,
+)
+from ecgcmr.convert.batch import report_row as _row
 from ecgcmr.convert.cmr_dicom import (
     LONG,
     MAX_DICOM_BYTES,
@@ -79,10 +86,6 @@ from ecgcmr.convert.public_cmr import convert_acdc_patient, convert_mnms_subject
 from ecgcmr.convert.safe_zip import DEFAULT_MAX_MEMBERS
 from ecgcmr.data.cmr import affine_mm
 from ecgcmr.errors import DataError, OutputError
-
-REPORT_NAME = "convert_report.csv"
-REPORT_COLUMNS = ("input", "format", "status", "record", "reason")
-CONVERTED, SKIPPED = "converted", "skipped"
 
 ACDC, MNMS, DICOM_ZIP, DICOM_SERIES, NIFTI_4D = ("ACDC patient", "M&Ms subject", "DICOM zip",
                                                  "DICOM series", "NIfTI 4D")
@@ -129,27 +132,15 @@ def convert_cmrs(
     :class:`~ecgcmr.errors.OutputError` when the output cannot be written.
     """
     out = Path(out_dir)
-    files, rows = _collect(inputs, out)
+    files, rows = collect_inputs(inputs, out)
     items = _classify(files)
     protected = {p.resolve() for p in files}       # never overwrite an input
     taken: set[str] = set()
     for item in tqdm(items, desc="CMRs", unit="input", disable=not progress):
         rows.append(_convert_one(item, out, taken, protected))
-    report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        report.to_csv(out / REPORT_NAME, index=False)
-    except OSError as exc:
-        raise OutputError.from_os_error(exc, fallback=out / REPORT_NAME) from exc
-    return report
+    return write_report(rows, out)
 
 
-def summary_line(report: pd.DataFrame, out_dir: str | PathLike[str]) -> str:
-    """``converted N of M inputs; K skipped, see <out>/convert_report.csv``."""
-    n_done = int((report["status"] == CONVERTED).sum())
-    n_skipped = int((report["status"] == SKIPPED).sum())
-    return (f"converted {n_done} of {len(report)} inputs; {n_skipped} skipped, "
-            f"see {Path(out_dir) / REPORT_NAME}")
 
 
 # ============================================================================================
@@ -157,32 +148,6 @@ def summary_line(report: pd.DataFrame, out_dir: str | PathLike[str]) -> str:
 # ============================================================================================
 
 
-def _collect(inputs: Iterable[str | PathLike[str]], out: Path) -> tuple[list[Path], list[dict]]:
-    """Every file named or found under a named folder (sorted, each once), and a report row
-    for each input that does not exist. Skipped in a folder: hidden files, the report, and an
-    output folder below it (earlier outputs)."""
-    out_resolved = out.resolve()
-    files: list[Path] = []
-    seen: set[Path] = set()
-    missing = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            skip_out = path.resolve() in out_resolved.parents or path.resolve() == out_resolved
-            found = [p for p in sorted(path.rglob("*")) if p.is_file()
-                     and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                     and not (skip_out and out_resolved in p.resolve().parents)]
-        elif path.is_file():
-            found = [path]
-        else:
-            missing.append(_row(path, "", SKIPPED, reason="not found"))
-            continue
-        for p in found:
-            key = p.resolve()
-            if key not in seen:
-                seen.add(key)
-                files.append(p)
-    return files, missing
 
 
 def _classify(files: list[Path]) -> list[_Item]:
@@ -528,8 +493,3 @@ _CONVERTERS: dict[str, Callable[[_Item, Path, str], str]] = {
     NIFTI_4D: _nifti,
 }
 
-
-def _row(path: Path | str, fmt: str, status: str, *, record: Path | None = None,
-         reason: str = "") -> dict:
-    return {"input": str(path), "format": fmt, "status": status,
-            "record": "" if record is None else str(record), "reason": reason}

@@ -37,6 +37,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 from wfdb.io import header as wfdb_header
 
+from ecgcmr.convert.batch import (
+    CONVERTED,
+    SKIPPED,
+    collect_inputs,
+    write_report,
+)
+from ecgcmr.convert.batch import report_row as _row
 from ecgcmr.convert.ecg_dicom import convert_dicom_ecg
 from ecgcmr.convert.ecg_xml import read_ge_xml
 from ecgcmr.convert.muse_xml import convert_muse_xml
@@ -45,10 +52,6 @@ from ecgcmr.convert.wfdb_out import FORMAT_16_MAX, write_wfdb
 # the WFDB reader's own record reader (with each lead's ADC step) and signal-file list
 from ecgcmr.data.ecg import _read_ecg, record_signal_files
 from ecgcmr.errors import DataError, OutputError
-
-REPORT_NAME = "convert_report.csv"
-REPORT_COLUMNS = ("input", "format", "status", "record", "reason")
-CONVERTED, SKIPPED = "converted", "skipped"
 
 WFDB, CINC, DICOM, MUSE, CARDIOSOFT = ("WFDB", "PhysioNet/CinC .mat", "DICOM", "GE MUSE XML",
                                        "GE CardioSoft XML")
@@ -84,26 +87,14 @@ def convert_ecgs(
     :class:`~ecgcmr.errors.OutputError` when the output cannot be written.
     """
     out = Path(out_dir)
-    files, rows = _collect(inputs, out)
+    files, rows = collect_inputs(inputs, out)
     items = _classify(files)
     taken = {p.name for p in files if p.parent.resolve() == out.resolve()}  # never overwrite
     for item in tqdm(items, desc="ECGs", unit="file", disable=not progress):
         rows.append(_convert_one(item, out, taken))
-    report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        report.to_csv(out / REPORT_NAME, index=False)
-    except OSError as exc:
-        raise OutputError.from_os_error(exc, fallback=out / REPORT_NAME) from exc
-    return report
+    return write_report(rows, out)
 
 
-def summary_line(report: pd.DataFrame, out_dir: str | PathLike[str]) -> str:
-    """``converted N of M inputs; K skipped, see <out>/convert_report.csv``."""
-    n_done = int((report["status"] == CONVERTED).sum())
-    n_skipped = int((report["status"] == SKIPPED).sum())
-    return (f"converted {n_done} of {len(report)} inputs; {n_skipped} skipped, "
-            f"see {Path(out_dir) / REPORT_NAME}")
 
 
 # ============================================================================================
@@ -111,34 +102,6 @@ def summary_line(report: pd.DataFrame, out_dir: str | PathLike[str]) -> str:
 # ============================================================================================
 
 
-def _collect(inputs: Iterable[str | PathLike[str]], out: Path) -> tuple[list[Path], list[dict]]:
-    """Every file named or found under a named folder (sorted, each once), and a report row
-    for each input that does not exist. Skipped in a folder: hidden files, the report, and an
-    output folder below it (earlier outputs)."""
-    out_resolved = out.resolve()
-    files: list[Path] = []
-    seen: set[Path] = set()
-    missing = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            # an output folder inside the scanned one holds this tool's earlier outputs
-            skip_out = path.resolve() in out_resolved.parents
-            found = [p for p in sorted(path.rglob("*")) if p.is_file()
-                     and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                     and not (skip_out and out_resolved in p.resolve().parents)
-                     and p.resolve() != out_resolved / REPORT_NAME]
-        elif path.is_file():
-            found = [path]
-        else:
-            missing.append(_row(path, "", SKIPPED, reason="not found"))
-            continue
-        for p in found:
-            key = p.resolve()
-            if key not in seen:
-                seen.add(key)
-                files.append(p)
-    return files, missing
 
 
 def _classify(files: list[Path]) -> list[_Item]:
@@ -305,8 +268,3 @@ _CONVERTERS: dict[str, Callable[[Path, Path, str], Path]] = {
     CARDIOSOFT: _cardiosoft,
 }
 
-
-def _row(path: Path, fmt: str, status: str, *, record: Path | None = None, reason: str = ""
-         ) -> dict:
-    return {"input": str(path), "format": fmt, "status": status,
-            "record": "" if record is None else str(record), "reason": reason}

@@ -68,6 +68,7 @@ from ecgcmr.data.cmr import (
     to_grid,
 )
 from ecgcmr.data.ecg import EcgPreprocessing, load_ecg, preprocess_ecg, record_signal_files
+from ecgcmr.data.manifest import sha256_file
 from ecgcmr.errors import DataError, OutputError
 from ecgcmr.files import exclusive, write_text_atomic
 from ecgcmr.parallel import map_subjects
@@ -409,7 +410,7 @@ def _describe(path: Path) -> dict[str, object]:
     try:
         size, mtime_ns = _stat(path)
         return {"path": str(path), "size": size, "mtime_ns": mtime_ns,
-                "sha256": _sha256(path)}
+                "sha256": sha256_file(path)}
     except OSError:
         return {"path": str(path), "missing": True}
 
@@ -421,13 +422,6 @@ def _stat(path: Path) -> tuple[int, int] | None:
         return None
     return st.st_size, st.st_mtime_ns
 
-
-def _sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _path_or_none(value: object) -> str | None:
