@@ -508,7 +508,7 @@ def _convert_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files or folders")
     e.add_argument("--out", required=True, type=Path, help="output folder (created)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
-    e.set_defaults(func=_convert_ecg)
+    e.set_defaults(func=_convert, modality="ecg")
     c = kinds.add_parser(
         "cmr", help="short-axis cine CMR (DICOM zip or files, ACDC patient, M&Ms subject, 4D "
                     "NIfTI) -> ED/ES NIfTI each",
@@ -522,22 +522,16 @@ def _convert_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files or folders")
     c.add_argument("--out", required=True, type=Path, help="output folder (created)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    c.set_defaults(func=_convert_cmr)
+    c.set_defaults(func=_convert, modality="cmr")
 
 
-def _convert_ecg(args: argparse.Namespace) -> int:
+def _convert(args: argparse.Namespace) -> int:
     from ecgcmr.convert.batch import CONVERTED, summary_line
-    from ecgcmr.convert.ecg_any import convert_ecgs
 
-    report = convert_ecgs(args.inputs, args.out, progress=not args.no_progress)
-    print(summary_line(report, args.out))
-    return 0 if (report["status"] == CONVERTED).any() else 2
-
-
-def _convert_cmr(args: argparse.Namespace) -> int:
-    from ecgcmr.convert.batch import CONVERTED, summary_line
-    from ecgcmr.convert.cmr_any import convert_cmrs
-
-    report = convert_cmrs(args.inputs, args.out, progress=not args.no_progress)
+    if args.modality == "ecg":
+        from ecgcmr.convert.ecg_any import convert_ecgs as convert
+    else:
+        from ecgcmr.convert.cmr_any import convert_cmrs as convert
+    report = convert(args.inputs, args.out, progress=not args.no_progress)
     print(summary_line(report, args.out))
     return 0 if (report["status"] == CONVERTED).any() else 2

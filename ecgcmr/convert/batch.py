@@ -70,3 +70,12 @@ def summary_line(report: pd.DataFrame, out_dir: str | PathLike[str]) -> str:
     n_skipped = int((report["status"] == SKIPPED).sum())
     return (f"converted {n_done} of {len(report)} inputs; {n_skipped} skipped, "
             f"see {Path(out_dir) / REPORT_NAME}")
+
+
+def read_head(path: Path, n_bytes: int) -> bytes:
+    """The first ``n_bytes`` of a file (what formats are told by); empty if unreadable."""
+    try:
+        with path.open("rb") as f:
+            return f.read(n_bytes)
+    except OSError:
+        return b""

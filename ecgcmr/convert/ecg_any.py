@@ -41,6 +41,7 @@ from ecgcmr.convert.batch import (
     CONVERTED,
     SKIPPED,
     collect_inputs,
+    read_head,
     write_report,
 )
 from ecgcmr.convert.batch import report_row as _row
@@ -137,11 +138,7 @@ def _classify(files: list[Path]) -> list[_Item]:
 
 
 def _head(path: Path) -> bytes:
-    try:
-        with path.open("rb") as f:
-            return f.read(_SNIFF_BYTES)
-    except OSError:
-        return b""
+    return read_head(path, _SNIFF_BYTES)
 
 
 def _is_wfdb_header(head: bytes) -> bool:
