@@ -326,13 +326,13 @@ def head_for_cache(encoder: nn.Module, encoder_card: dict[str, object], cache: C
     """Embed every subject of ``cache`` with ``encoder`` (as notebook 02/03 do), fit the
     head on its training split and record what it is tied to: the encoder's weight digest,
     the cache's ECG preprocessing and storage dtype, and whether the cohort is synthetic."""
-    from ecgcmr.data.cache import _read_spec
+    from ecgcmr.data.cache import read_spec
     from ecgcmr.pretrain import embed_ecg
 
     features = embed_ecg(encoder, cache, device=device)
     table = cache.rows()
     head = fit_head(features, table, seed=seed)
-    spec = _read_spec(cache.root)
+    spec = read_spec(cache.root)
     synthetic = cohort_is_synthetic(cache.index, manifest_path=manifest_path)
     head["encoder"] = {k: encoder_card.get(k) for k in
                        ("checkpoint", "weights_file", "sha256", "weights_digest")}

@@ -51,7 +51,7 @@ from ecgcmr.convert.muse_xml import convert_muse_xml
 from ecgcmr.convert.wfdb_out import FORMAT_16_MAX, write_wfdb
 
 # the WFDB reader's own record reader (with each lead's ADC step) and signal-file list
-from ecgcmr.data.ecg import _read_ecg, record_signal_files
+from ecgcmr.data.ecg import read_ecg_with_steps, record_signal_files
 from ecgcmr.errors import DataError, OutputError
 
 WFDB, CINC, DICOM, MUSE, CARDIOSOFT = ("WFDB", "PhysioNet/CinC .mat", "DICOM", "GE MUSE XML",
@@ -235,7 +235,7 @@ def _record_name(path: Path, taken: set[str]) -> str:
 
 def _wfdb(hea: Path, out: Path, name: str) -> Path:
     """A WFDB/CinC record -> 12 named leads in mV, at its own rate and ADC steps."""
-    ecg, fs, steps_mv = _read_ecg(hea)
+    ecg, fs, steps_mv = read_ecg_with_steps(hea)
     step_uv = (np.full(ecg.shape[0], _DEFAULT_STEP_UV) if steps_mv is None
                else np.abs(np.asarray(steps_mv, dtype=np.float64)) * 1000.0)
     peak = np.nanmax(np.abs(ecg), axis=1, initial=0.0).astype(np.float64) * 1000.0  # µV

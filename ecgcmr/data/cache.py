@@ -149,7 +149,7 @@ def open_cache(cache_dir: str | Path, manifest: pd.DataFrame | None = None) -> C
     if not (root / "index.csv").is_file():
         raise DataError("not a finished preprocessing cache (no index.csv); "
                         "build it with `ecgcmr preprocess` or notebook 01", path=root)
-    spec = _read_spec(root)
+    spec = read_spec(root)
     index = pd.read_csv(root / "index.csv", dtype={"subject_id": str, "input_key": str})
     qc = pd.read_csv(root / "qc_report.csv", dtype={"subject_id": str})
     n_rows = _committed_rows(_read_entries(root)[0])
@@ -361,7 +361,8 @@ def _claim(root: Path, spec: CacheSpec) -> None:
         write_text_atomic(marker, json.dumps(spec.to_json(), indent=2))
 
 
-def _read_spec(root: Path) -> CacheSpec:
+def read_spec(root: Path) -> CacheSpec:
+    """The preprocessing settings a cache folder was built with (its ``spec.json``)."""
     raw = json.loads((root / "spec.json").read_text())
     return CacheSpec(ecg=EcgPreprocessing(**raw["ecg"]),
                      grid=CmrGrid(**{k: tuple(v) if isinstance(v, list) else v

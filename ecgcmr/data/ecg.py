@@ -144,11 +144,11 @@ def read_ecg(path: str | PathLike[str]) -> tuple[np.ndarray, float]:
     header spec's "uncalibrated" default), which would scale the lead by an arbitrary factor.
     A signal file shorter than the header says is reported as truncated.
     """
-    ecg, fs, _ = _read_ecg(path)
+    ecg, fs, _ = read_ecg_with_steps(path)
     return ecg, fs
 
 
-def _read_ecg(path: str | PathLike[str]) -> tuple[np.ndarray, float, np.ndarray | None]:
+def read_ecg_with_steps(path: str | PathLike[str]) -> tuple[np.ndarray, float, np.ndarray | None]:
     """:func:`read_ecg` plus each lead's ADC step in mV (``(12,)``; None if the header's gains
     could not be read)."""
     base = _record_base(path)
@@ -465,7 +465,7 @@ def load_ecg(
     Raises :class:`DataError` for a record shorter than 10 s or one failing :func:`qc_ecg`.
     """
     try:
-        ecg, fs_in, steps = _read_ecg(path)
+        ecg, fs_in, steps = read_ecg_with_steps(path)
         return _to_rate_and_length(ecg, fs_in, fs, n_samples, path, steps)
     except DataError as exc:
         raise exc.with_context(subject=subject, path=path) from exc
