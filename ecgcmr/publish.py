@@ -22,22 +22,26 @@ from pathlib import Path
 import pandas as pd
 
 from ecgcmr.constants import PHENOTYPES
-from ecgcmr.evaluate.ceilings import committed_ceilings
+from ecgcmr.evaluate.ceilings import CEILINGS_FOLDER, CeilingFile, ceiling_files, committed_ceilings
 
-CEILING_COMMAND = ("python benchmarks/ceilings.py --n 24600 --seed 1 --systolic-coupling C "
-                   "--out results/ceilings/ceilings-couplingC-n24600-seed1.csv")
 CONTROLS_FOLDER = Path("results") / "controls"
 _BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- END generated: (?P=name) -->)", re.S)
 
 
+def _world_ceilings(root: Path) -> dict[float, CeilingFile]:
+    """Each world's committed ceilings table (the one with the most subjects)."""
+    return {f.coupling: f for f in ceiling_files(root / CEILINGS_FOLDER)}
+
+
 def render_ceilings(root: Path) -> str:
     """The default world's ceilings per phenotype (R², 95 % CI of the ECG estimate)."""
-    table = committed_ceilings(1.0, folder=root / "results" / "ceilings")
-    if table is None:
-        return "_No ceilings committed yet: run the command below._\n\n" + \
-            f"`{CEILING_COMMAND.replace('C ', '1 ').replace('couplingC', 'coupling1')}`\n"
-    source = root / "results" / "ceilings" / table["source"].iloc[0]
+    file = _world_ceilings(root).get(1.0)
+    if file is None:
+        return ("_No ceilings committed yet: run_ "
+                "`python benchmarks/ceilings.py --n 24600 --seed 1 --systolic-coupling 1 --out "
+                f"{CEILINGS_FOLDER}/ceilings-coupling1-n24600-seed1.csv`\n")
+    table = pd.read_csv(file.path)
     rows = table.set_index("target").loc[[t for t in PHENOTYPES if t in set(table["target"])]]
     lines = ["| phenotype | upper bound | ECG estimate [95 % CI] | readout ED | readout ES | "
              "readout ED+ES |", "|---|---|---|---|---|---|"]
@@ -45,10 +49,8 @@ def render_ceilings(root: Path) -> str:
         lines.append(f"| `{target}` | {r['upper_bound']:.2f} | {r['ecg_estimate']:.2f} "
                      f"[{r['ecg_estimate_ci_low']:.2f}, {r['ecg_estimate_ci_high']:.2f}] | "
                      f"{r['readout_ed']:.2f} | {r['readout_es']:.2f} | {r['readout_dual']:.2f} |")
-    n = int(table["n"].iloc[0])
-    return "\n".join(lines) + "\n\n" + _stamp([source], f"{n:,} generated subjects; "
-                                              + CEILING_COMMAND.replace("C ", "1 ")
-                                              .replace("couplingC", "coupling1")) + "\n"
+    return "\n".join(lines) + "\n\n" + _stamp(
+        [file.path], f"{file.n:,} generated subjects; {file.command()}") + "\n"
 
 
 def render_controls(root: Path) -> str:
@@ -60,15 +62,16 @@ def render_controls(root: Path) -> str:
     if not folder.is_dir() or not any(folder.iterdir()):
         return "_No control runs committed yet: run the command above._\n"
     table = control_differences(folder)
+    readouts = {c: pd.read_csv(f.path).set_index("target")
+                for c, f in _world_ceilings(root).items()}
     lines = ["| coupling | target | learned dual − other [95 % CI] (seeds) | ideal readout "
              "dual − other |", "|---|---|---|---|"]
     for _, r in table.sort_values(["systolic_coupling", "target", "versus"]).iterrows():
-        ceilings = committed_ceilings(r["systolic_coupling"], folder=root / "results" / "ceilings")
+        world = readouts.get(r["systolic_coupling"])
         ideal = "—"
-        if ceilings is not None and r["target"] in set(ceilings["target"]):
-            c = ceilings.set_index("target").loc[r["target"]]
-            gain = c["readout_dual"] - c["readout_" + r["versus"]]
-            ideal = f"{gain:+.3f}"
+        if world is not None and r["target"] in world.index:
+            c = world.loc[r["target"]]
+            ideal = f"{c['readout_dual'] - c['readout_' + r['versus']]:+.3f}"
         lines.append(f"| {r['systolic_coupling']:g} | `{r['target']}` | "
                      f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
                      f"(n = {int(r['n_seeds'])}) vs `{r['versus']}` | {ideal} |")
@@ -79,40 +82,36 @@ def render_controls(root: Path) -> str:
 
 def render_world_ceilings(root: Path) -> str:
     """The functional phenotypes' idealised readouts in every world with committed ceilings:
-    what dual-phase alignment could add at best over one phase, by systolic coupling."""
-    folder = root / "results" / "ceilings"
-    couplings = sorted({float(f.name.split("coupling")[1].split("-")[0])
-                        for f in folder.glob("ceilings-coupling*-n*.csv")})
+    what dual-phase alignment could add at best over one phase, by systolic coupling; and the
+    calibration row of every table that has it."""
     lines = ["| coupling | target | readout ED | readout ES | readout ED+ES | ED+ES − ED | "
              "ED+ES − ES | subjects |", "|---|---|---|---|---|---|---|---|"]
     sources = []
-    for coupling in couplings:
-        table = committed_ceilings(coupling, folder=folder).set_index("target")
-        sources.append(folder / table["source"].iloc[0])
+    for coupling, file in _world_ceilings(root).items():
+        table = pd.read_csv(file.path).set_index("target")
+        sources.append(file.path)
         for target in ("lvef_pct", "lvesv_ml", "lvedv_ml"):
             r = table.loc[target]
             lines.append(f"| {coupling:g} | `{target}` | {r['readout_ed']:.3f} | "
                          f"{r['readout_es']:.3f} | {r['readout_dual']:.3f} | "
                          f"{r['readout_dual'] - r['readout_ed']:+.3f} | "
-                         f"{r['readout_dual'] - r['readout_es']:+.3f} | {int(r['n']):,} |")
+                         f"{r['readout_dual'] - r['readout_es']:+.3f} | {file.n:,} |")
     lines += ["", "Detection of reduced EF (LVEF ≤ 35 %) from the ECG, the calibration row "
               "(`ecg_estimate`, AUROC [95 % CI]; published for a CNN on real 12-lead ECGs: "
               "0.93, Attia et al. 2019):", "", "| coupling | AUROC | cases / subjects |",
               "|---|---|---|"]
-    for file in sorted(folder.glob("ceilings-coupling*-n*.csv")):
-        table = pd.read_csv(file).set_index("target")
+    for file in ceiling_files(root / CEILINGS_FOLDER):
+        table = pd.read_csv(file.path).set_index("target")
         if "reduced_ef_le35" in table.index:
             r = table.loc["reduced_ef_le35"]
-            coupling = float(file.name.split("coupling")[1].split("-")[0])
             auroc = ("— (no case)" if pd.isna(r["ecg_estimate"]) else
                      f"{r['ecg_estimate']:.3f} [{r['ecg_estimate_ci_low']:.3f}, "
                      f"{r['ecg_estimate_ci_high']:.3f}]")
-            lines.append(f"| {coupling:g} | {auroc} | {int(r['n_cases'])} / {int(r['n']):,} |")
-            sources.append(file)
-    made_by = ("`results/ceilings/` (`python benchmarks/ceilings.py --systolic-coupling C "
-               "--n N --seed 1 --out results/ceilings/ceilings-couplingC-nN-seed1.csv`, N in "
-               "the last column)")
-    return "\n".join(lines) + "\n\n" + _stamp(sources, made_by) + "\n"
+            lines.append(f"| {file.coupling:g} | {auroc} | {int(r['n_cases'])} / {file.n:,} |")
+            sources.append(file.path)
+    commands = "; ".join(f"`{f.command()}`" for f in ceiling_files(root / CEILINGS_FOLDER)
+                         if f.path in sources)
+    return "\n".join(lines) + "\n\n" + _stamp(sources, commands) + "\n"
 
 
 RENDERERS: dict[str, Callable[[Path], str]] = {"ceilings": render_ceilings,

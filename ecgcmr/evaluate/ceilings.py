@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -426,24 +427,45 @@ def ci_half_widths(table: pd.DataFrame) -> pd.DataFrame:
 # ============================================================================================
 # Ceilings beside learned results
 # ============================================================================================
-#: Where the committed ceiling tables live (``benchmarks/ceilings.py --out``), one per world:
-#: ``ceilings-coupling<c>-n<N>-seed<s>.csv``.
+#: Where the committed ceiling tables live (``benchmarks/ceilings.py --out``), one per world
+#: and size: ``ceilings-coupling<c>-n<N>-seed<s>.csv`` (:data:`CEILING_FILE`).
 CEILINGS_FOLDER = Path("results") / "ceilings"
+CEILING_FILE = re.compile(r"ceilings-coupling(?P<coupling>[\d.]+)-n(?P<n>\d+)-seed(?P<seed>\d+)\.csv")
+
+
+class CeilingFile(NamedTuple):
+    """A committed ceilings table and what its name says it was made from."""
+
+    coupling: float
+    n: int
+    seed: int
+    path: Path
+
+    def command(self) -> str:
+        """The command that writes this file."""
+        return (f"python benchmarks/ceilings.py --n {self.n} --seed {self.seed} "
+                f"--systolic-coupling {self.coupling:g} --out {CEILINGS_FOLDER}/{self.path.name}")
+
+
+def ceiling_files(folder: str | Path | None = None) -> list[CeilingFile]:
+    """Every committed ceilings table under ``folder`` (default: :data:`CEILINGS_FOLDER` under
+    the project root), by coupling, then size."""
+    from ecgcmr.runs import resolve  # here: runs imports the notebooks' machinery
+
+    root = Path(folder) if folder is not None else resolve(CEILINGS_FOLDER)
+    found = [(CEILING_FILE.fullmatch(f.name), f) for f in root.glob("ceilings-*.csv")]
+    return sorted(CeilingFile(float(m["coupling"]), int(m["n"]), int(m["seed"]), f)
+                  for m, f in found if m)
 
 
 def committed_ceilings(systolic_coupling: float = 1.0, folder: str | Path | None = None
                        ) -> pd.DataFrame | None:
     """The committed ceilings of the synthetic world with this coupling (the table with the
-    most subjects), or None when none was computed for it. ``folder`` defaults to
-    :data:`CEILINGS_FOLDER` under the project root."""
-    from ecgcmr.runs import resolve  # here: runs imports the notebooks' machinery
-
-    root = Path(folder) if folder is not None else resolve(CEILINGS_FOLDER)
-    files = sorted(root.glob(f"ceilings-coupling{systolic_coupling:g}-n*.csv"),
-                   key=lambda f: int(f.stem.split("-n")[1].split("-")[0]))
+    most subjects), or None when none was computed for it; ``source`` names its file."""
+    files = [f for f in ceiling_files(folder) if f.coupling == systolic_coupling]
     if not files:
         return None
-    return pd.read_csv(files[-1]).assign(source=files[-1].name)
+    return pd.read_csv(files[-1].path).assign(source=files[-1].path.name)
 
 
 def fraction_of_ceiling(metrics: pd.DataFrame, ceilings: pd.DataFrame, *,
@@ -469,6 +491,7 @@ def fraction_of_ceiling(metrics: pd.DataFrame, ceilings: pd.DataFrame, *,
 
 __all__ = [
     "ANATOMY_ED", "ANATOMY_ES", "BOOSTING_PARAMS", "CEILINGS", "CEILINGS_FOLDER",
+    "CEILING_FILE", "CeilingFile", "ceiling_files",
     "ECG_GENERATOR_INPUTS", "OUTCOME_TARGETS", "CeilingInputs", "ci_half_widths",
     "committed_ceilings", "compute_ceilings", "fraction_of_ceiling",
     "generate_without_cmr", "generator_inputs", "inputs_from_cohort",
