@@ -49,7 +49,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,10 +101,13 @@ class CacheSpec:
         return {"ecg": (len(LEADS), ECG_N_SAMPLES), "cmr_ed": self.grid.shape,
                 "cmr_es": self.grid.shape}
 
+    def field_bytes(self, name: str) -> int:
+        """Bytes of one subject's array in field ``name``."""
+        return int(np.prod(self.row_shapes()[name])) * np.dtype(self.dtype).itemsize
+
     def row_bytes(self) -> int:
         """Bytes one subject adds to the cache (all fields)."""
-        size = np.dtype(self.dtype).itemsize
-        return sum(int(np.prod(s)) * size for s in self.row_shapes().values())
+        return sum(self.field_bytes(name) for name in FIELDS)
 
 
 @dataclass
@@ -445,7 +447,8 @@ class _Store:
         self.root, self.spec = root, spec
         entries, good_bytes = _read_entries(root)
         self.entries: dict[str, dict] = {e["key"]: e for e in entries}
-        self.n_rows = _committed_rows(entries)
+        n_rows = _committed_rows(entries)
+        self._next_row = n_rows                              # rows written, committed or not
         self._pending: list[dict] = []
         log = root / "entries.jsonl"
         if log.is_file() and log.stat().st_size != good_bytes:
@@ -454,20 +457,17 @@ class _Store:
         for name in FIELDS:
             path = root / f"{name}.bin"
             path.touch()
-            row = self._row_bytes(name)
+            committed = n_rows * spec.field_bytes(name)
             size = path.stat().st_size
-            if size < self.n_rows * row:
+            if size < committed:
                 raise DataError(f"cache damaged: {name}.bin holds fewer rows than "
                                 f"entries.jsonl commits; delete the folder and rebuild",
-                                path=path, expected=f">= {self.n_rows * row} bytes",
+                                path=path, expected=f">= {committed} bytes",
                                 found=f"{size} bytes")
-            os.truncate(path, self.n_rows * row)              # rows nobody committed
+            os.truncate(path, committed)                      # rows nobody committed
             fh = open(path, "r+b")  # noqa: SIM115 - closed in __exit__
-            fh.seek(self.n_rows * row)
+            fh.seek(committed)
             self._files[name] = fh
-
-    def _row_bytes(self, name: str) -> int:
-        return int(np.prod(self.spec.row_shapes()[name])) * np.dtype(self.spec.dtype).itemsize
 
     def __enter__(self) -> _Store:
         return self
@@ -486,7 +486,8 @@ class _Store:
                 if data.shape != self.spec.row_shapes()[name]:
                     raise ValueError(f"{name} row of {subject_id} has shape {data.shape}")
                 self._files[name].write(data.tobytes())
-            entry["row"] = self.n_rows + sum(e["row"] is not None for e in self._pending)
+            entry["row"] = self._next_row
+            self._next_row += 1
         self._pending.append(entry)
         if len(self._pending) >= _COMMIT_EVERY:
             self.commit()
@@ -502,7 +503,6 @@ class _Store:
             os.fsync(log.fileno())
         for e in self._pending:
             self.entries[e["key"]] = e
-        self.n_rows += sum(e["row"] is not None for e in self._pending)
         self._pending = []
 
 
@@ -513,21 +513,16 @@ def _read_entries(root: Path) -> tuple[list[dict], int]:
     if not log.is_file():
         return [], 0
     entries, good = [], 0
-    for line in _lines_with_ends(log):
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        if not line.endswith(b"\n"):
-            entries.pop()
-            break
-        good += len(line)
+    with open(log, "rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good += len(line)
     return entries, good
-
-
-def _lines_with_ends(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        yield from fh
 
 
 def _committed_rows(entries: list[dict]) -> int:
