@@ -171,17 +171,23 @@ def obtain_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
     return result.out_dir / "best.pt", result
 
 
-@torch.no_grad()
-def evaluate_alignment(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
-                       batch_size: int | None = None) -> dict[str, float]:
-    """Validation loss and ECG→phase top-1/top-5 retrieval of a stage-C checkpoint on the
-    cache's validation split (what stage C reports at each epoch)."""
+def _load_align_task(cache: Cache, best_pt: str | Path) -> tuple[StageConfig, AlignTask]:
+    """A stage-C checkpoint's configuration and its task with the trained weights."""
     from ecgcmr.models import build_cmr_encoder
 
     cfg, weights = load_stage(best_pt)
     cmr = {p: build_cmr_encoder(cfg.size, n_slices=_n_slices(cache)) for p in ("ed", "es")}
     task = AlignTask(cfg, build_ecg_encoder(cfg.ecg_encoder, cfg.size), cmr)
     task.load_state_dict(weights)
+    return cfg, task
+
+
+@torch.no_grad()
+def evaluate_alignment(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
+                       batch_size: int | None = None) -> dict[str, float]:
+    """Validation loss and ECG→phase top-1/top-5 retrieval of a stage-C checkpoint on the
+    cache's validation split (what stage C reports at each epoch)."""
+    cfg, task = _load_align_task(cache, best_pt)
     dev = pick_device(device)
     _, val = datasets(cache, task, cfg)
     loader = torch.utils.data.DataLoader(val, batch_size=batch_size or cfg.optim.batch_size,
@@ -201,12 +207,8 @@ def phase_retrieval(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
     over to the other phase, without a second stage-A encoder that the method never trained.
     """
     from ecgcmr.losses import retrieval_accuracy
-    from ecgcmr.models import build_cmr_encoder
 
-    cfg, weights = load_stage(best_pt)
-    cmr = {p: build_cmr_encoder(cfg.size, n_slices=_n_slices(cache)) for p in ("ed", "es")}
-    task = AlignTask(cfg, build_ecg_encoder(cfg.ecg_encoder, cfg.size), cmr)
-    task.load_state_dict(weights)
+    _, task = _load_align_task(cache, best_pt)
     dev = pick_device(device)
     task = task.to(dev).eval()
     val = PairedDataset(cache, "val", fields=("ecg", "cmr_ed", "cmr_es"))
