@@ -170,3 +170,42 @@ def test_power_table_shrinks_with_delta_and_follows_its_formula() -> None:
     one = power_table(paired_differences(_predictions({"dual": 0.7, "ed": 0.6}, seeds=(0,)),
                                          n_boot=100))
     assert one["seeds_needed"].isna().all() and one["note"].str.contains("one seed").all()
+
+
+def test_outcomes_are_paired_by_auroc_on_the_same_subjects() -> None:
+    """04_predictions rows (0/1 truth, a score): the paired AUROC difference equals a direct
+    computation with sklearn on each shared resample, and a resample without a case is left
+    out rather than scored 0."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    n = 40
+    y = (rng.random(n) < 0.25).astype(float)
+    ids = [f"S{i:03d}" for i in range(n)]
+    scores = {"dual": y + rng.normal(0, 0.8, n), "ed": y + rng.normal(0, 1.5, n)}
+    preds = pd.concat([pd.DataFrame({"method": m, "seed": 0, "model": "mlp", "target": "af",
+                                     "subject_id": ids, "y_true": y, "y_pred": s})
+                       for m, s in scores.items()], ignore_index=True)
+    out = paired_differences(preds, metric="auroc", n_boot=60, seed=1)
+    row = out[out["seed"] == 0].iloc[0]
+    direct = roc_auc_score(y, scores["dual"]) - roc_auc_score(y, scores["ed"])
+    assert row["metric"] == "auroc" and row["diff"] == pytest.approx(direct)
+    boot = [roc_auc_score(y[i], scores["dual"][i]) - roc_auc_score(y[i], scores["ed"][i])
+            for i in bootstrap_indices(n, 60, 1) if 0 < y[i].sum() < n]
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+        tuple(np.percentile(boot, [2.5, 97.5])))
+
+
+def test_batched_auroc_matches_sklearn_and_marks_one_class_rows() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from ecgcmr.evaluate.outcomes import auroc
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((5, 30)) < 0.3).astype(float)
+    s = np.round(rng.normal(size=(5, 30)), 1)              # ties: counted one half
+    y[4] = 0.0                                             # no case: undefined
+    got = auroc(y, s)
+    assert got.shape == (5,) and math.isnan(got[4])
+    assert got[:4] == pytest.approx([roc_auc_score(y[k], s[k]) for k in range(4)])
+    assert isinstance(auroc(y[0], s[0]), float)

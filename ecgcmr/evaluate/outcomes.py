@@ -180,18 +180,20 @@ def _check_binary(frame: pd.DataFrame, column: str) -> None:
 # ============================================================================================
 # 1. Metrics: AUROC, AUPRC, bootstrap
 # ============================================================================================
-def auroc(y_true: np.ndarray | Sequence[float], y_score: np.ndarray | Sequence[float]) -> float:
+def auroc(y_true: np.ndarray | Sequence[float],
+          y_score: np.ndarray | Sequence[float]) -> np.ndarray | float:
     """Area under the ROC curve as the Mann–Whitney probability P(score_case > score_control)
-    (+½ for ties), from mid-ranks. NaN unless both classes are present."""
-    y = np.asarray(y_true, dtype=float)
-    s = np.asarray(y_score, dtype=float)
-    n1 = int(np.sum(y == 1))
-    n0 = y.size - n1
-    if n1 == 0 or n0 == 0:
-        return math.nan
-    ranks = rankdata(s)                     # mid-ranks: a tied pair counts one half
-    u = float(np.sum(ranks[y == 1])) - n1 * (n1 + 1) / 2.0
-    return u / (n1 * n0)
+    (+½ for ties), from mid-ranks, along the last axis (so a stack of bootstrap resamples is
+    scored at once). NaN where a row lacks either class."""
+    y, s = np.broadcast_arrays(np.asarray(y_true, dtype=float),
+                               np.asarray(y_score, dtype=float))
+    n1 = np.sum(y == 1, axis=-1)
+    n0 = y.shape[-1] - n1
+    ranks = rankdata(s, axis=-1)            # mid-ranks: a tied pair counts one half
+    u = np.sum(np.where(y == 1, ranks, 0.0), axis=-1) - n1 * (n1 + 1) / 2.0
+    both = (n1 > 0) & (n0 > 0)
+    value = np.where(both, u / np.where(both, n1 * n0, 1), np.nan)
+    return float(value) if value.ndim == 0 else value
 
 
 def average_precision(y_true: np.ndarray | Sequence[float],

@@ -6,13 +6,14 @@ scored on the same test split share every subject, so their difference is measur
 precisely than two separate confidence intervals suggest: each bootstrap resample here draws
 one set of test subjects and scores **both** methods on it (a paired bootstrap).
 
-Input is the tidy per-subject table notebook 03 writes (``tables/03_predictions.csv``:
-``method, seed, model, target, subject_id, y_true, y_pred``), usually gathered over the runs
-of a grid by :func:`ecgcmr.evaluate.report.collect` (which adds ``run``).
-
-Phenotypes only: notebook 04 saves metrics, not per-subject outcome scores (the balanced
-AUROCs are refitted per sampling seed and the natural-prevalence predictions are not written),
-so a paired outcome comparison has nothing to resample.
+Input is a tidy per-subject table (``method, seed, model, target, subject_id, y_true,
+y_pred``): notebook 03's ``tables/03_predictions.csv`` (phenotypes, compared by R²) and
+notebook 04's ``tables/04_predictions.csv`` (outcomes: the natural-prevalence score of each
+"ever" condition, compared by AUROC), usually gathered over the runs of a grid by
+:func:`ecgcmr.evaluate.report.collect` (which adds ``run``). The outcome comparison uses the
+natural-prevalence test split, not the paper's 1:1 balanced draws: AUROC does not change in
+expectation when controls are subsampled at random, and the full split keeps every test
+subject, so both methods are scored on one fixed set of people.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ecgcmr.errors import DataError
+from ecgcmr.evaluate.outcomes import auroc
 from ecgcmr.evaluate.phenotypes import (
     bootstrap_indices,
     pearson_r,
@@ -35,7 +37,7 @@ from ecgcmr.evaluate.phenotypes import (
 
 #: Metrics a paired difference is computed for (higher is better; work along the last axis).
 PAIRED_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray | float]] = {
-    "r2": r2_score, "pearson_r": pearson_r,
+    "r2": r2_score, "pearson_r": pearson_r, "auroc": auroc,
 }
 #: Columns :func:`paired_differences` needs in its input.
 INPUT_COLUMNS: tuple[str, ...] = ("method", "seed", "model", "target", "subject_id",
@@ -94,7 +96,8 @@ def paired_differences(predictions: pd.DataFrame, *, reference: str = "dual",
     Args:
         predictions: the columns of :data:`INPUT_COLUMNS` (others are ignored).
         reference: the method compared against all others.
-        metric: ``"r2"`` or ``"pearson_r"``.
+        metric: ``"r2"``, ``"pearson_r"`` (phenotypes) or ``"auroc"`` (0/1 outcomes; a
+            resample without a case or a control is left out of the percentiles).
         n_boot: bootstrap resamples.
         seed: bootstrap seed (not a training seed).
 

@@ -150,7 +150,7 @@ def _method_of(run: Path) -> str:
 #: The tables of a run that summaries are made from (what :func:`export_tables` keeps).
 SUMMARY_TABLES: tuple[str, ...] = ("02_alignment_epochs", "02_retrieval", "03_phenotype_metrics",
                                    "03_predictions", "03_ceilings", "04_classification_metrics",
-                                   "04_survival_metrics")
+                                   "04_predictions", "04_survival_metrics")
 
 
 def export_tables(results: str | Path, out: str | Path,
