@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (see README):
 #   make reproduce   venv + install + synthetic cohort + notebook series -> runs/$(RUN)/
 #   make test        venv + install + the whole test suite (what .ci/run calls)
+#   make test-fast   the same without the tests marked slow (tests/conftest.py, SLOW)
 PYTHON  ?= python3
 VENV    ?= .venv
 PROFILE ?= teaching
@@ -8,7 +9,7 @@ RUN     ?= default
 JOBS    ?= 2
 PY      := $(VENV)/bin/python
 
-.PHONY: install reproduce test lint clean-runs
+.PHONY: install reproduce test test-fast lint clean-runs
 
 install: $(VENV)/.installed
 
@@ -23,6 +24,10 @@ reproduce: install
 
 test: install
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup --durations=15
+
+# everything but the notebook series, grids, training runs and cohort-scale statistics
+test-fast: install
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check ecgcmr tests

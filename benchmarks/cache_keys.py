@@ -18,12 +18,12 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
-
 from common import save_table
+
 from ecgcmr.config import get_profile
 from ecgcmr.data import build_cache, read_manifest
 from ecgcmr.data.cache import INPUT_COLUMNS, fingerprint, input_files
-from ecgcmr.synth.cohort import generate_cohort
+from ecgcmr.synth.cohort import cohort_spec, generate_cohort
 
 
 def main() -> None:
@@ -36,8 +36,8 @@ def main() -> None:
     profile = get_profile(args.profile)
     spec = profile.cache_spec()
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = generate_cohort(Path(tmp) / "cohort", profile.cohort_spec(
-            seed=0, n_subjects=args.n), workers=args.workers, progress=False)
+        manifest = generate_cohort(Path(tmp) / "cohort", cohort_spec(profile,
+                                                                     seed=0, n_subjects=args.n), workers=args.workers, progress=False)
         df = read_manifest(manifest)
         records = df.to_dict("records")
         size = sum(f.stat().st_size for r in records for c in INPUT_COLUMNS

@@ -3,7 +3,7 @@
     python benchmarks/ceilings.py [--n 2000] [--seed 0] [--profile teaching] [--out FILE.csv]
 
 Generates ``--n`` subjects of the profile's cohort (seed ``--seed``) without rendering the CMR
-(``ecgcmr.evaluate.ceilings.generate_without_cmr``: the same subjects as ``ecgcmr synth``
+(``ecgcmr.synth.ceilings.generate_without_cmr``: the same subjects as ``ecgcmr synth``
 writes; the profile only picks the cohort spec, the ECG and the latent state do not depend on
 it), computes ``compute_ceilings`` (module docstring: what each column means), prints the table,
 the timings (generation, measurements, fits) and the largest 95 % CI half-width, with the N
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ecgcmr.config import get_profile
-from ecgcmr.evaluate.ceilings import (
+from ecgcmr.synth.ceilings import (
     CEILINGS,
     ci_half_widths,
     compute_ceilings,
     generate_without_cmr,
 )
+from ecgcmr.synth.cohort import cohort_spec
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--threads", type=int, default=1, help="OpenMP threads of the fits")
     parser.add_argument("--target-half-width", type=float, default=0.02)
     parser.add_argument("--systolic-coupling", type=float, default=1.0,
-                        help="which world (ecgcmr.synth.physiology.DEFAULT_SYSTOLIC_COUPLING)")
+                        help="which world (ecgcmr.constants.DEFAULT_SYSTOLIC_COUPLING)")
     args = parser.parse_args(argv)
-    spec = get_profile(args.profile).cohort_spec(seed=args.seed, n_subjects=args.n,
-                                                 systolic_coupling=args.systolic_coupling)
+    spec = cohort_spec(args.profile, seed=args.seed, n_subjects=args.n,
+                       systolic_coupling=args.systolic_coupling)
     print(f"cpu: {os.cpu_count()} cores | n={args.n} seed={args.seed} profile={args.profile} "
           f"folds={args.folds} n_boot={args.n_boot} workers={args.workers} "
           f"threads={args.threads}")

@@ -120,7 +120,8 @@ def child_train_step(stage: str, profile_name: str, device: str, steps: int) -> 
     from train_step import build_task, random_batch  # sibling script (benchmarks/ on sys.path)
 
     from ecgcmr.config import get_profile
-    from ecgcmr.train import OptimConfig, autocast_for, make_optimizer, pick_device, to_device
+    from ecgcmr.stages import OptimConfig
+    from ecgcmr.train import autocast_for, make_optimizer, pick_device, to_device
 
     profile, dev = get_profile(profile_name), pick_device(device)
     torch.manual_seed(0)

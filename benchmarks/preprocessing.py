@@ -39,13 +39,13 @@ from ecgcmr.data.cache import (
 from ecgcmr.data.cmr import load_cmr_canonical, to_grid
 from ecgcmr.data.ecg import load_ecg, preprocess_ecg
 from ecgcmr.parallel import limit_blas_threads, one_blas_thread
-from ecgcmr.synth.cohort import generate_cohort
+from ecgcmr.synth.cohort import cohort_spec, generate_cohort
 
 
 def default_manifest(profile: Profile, n: int, out: Path) -> Path:
     """Generate a synthetic cohort of ``n`` subjects at ``profile`` into ``out``; its manifest."""
     print(f"generating a {n}-subject {profile.name} synthetic cohort in {out} ...", flush=True)
-    return generate_cohort(out, profile.cohort_spec(n_subjects=n), workers=1, progress=False)
+    return generate_cohort(out, cohort_spec(profile, n_subjects=n), workers=1, progress=False)
 
 
 def describe_host() -> str:

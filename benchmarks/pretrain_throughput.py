@@ -20,11 +20,11 @@ from common import device_label, save_table  # sibling script
 from ecgcmr.config import get_profile
 from ecgcmr.constants import ECG_N_SAMPLES, PHENOTYPES
 from ecgcmr.models import build_cmr_encoder, build_ecg_encoder
+from ecgcmr.stages import OptimConfig
 from ecgcmr.train import (
     AlignTask,
     CmrRegressionTask,
     EcgMaeTask,
-    OptimConfig,
     autocast_for,
     make_optimizer,
     pick_device,

@@ -22,9 +22,10 @@ from common import save_table  # sibling script
 
 from ecgcmr.config import get_profile
 from ecgcmr.data.cmr import load_cmr
+from ecgcmr.data.writers import write_nifti
 from ecgcmr.parallel import one_blas_thread
 from ecgcmr.synth.cmr import render_cmr
-from ecgcmr.synth.cohort import _generate_one, _write_ecg, _write_nifti
+from ecgcmr.synth.cohort import _generate_one, _write_ecg, cohort_spec
 from ecgcmr.synth.ecg import simulate_ecg
 from ecgcmr.synth.outcomes import sample_outcomes
 from ecgcmr.synth.physiology import sample_state
@@ -42,7 +43,7 @@ def _median_ms(fn, n: int) -> float:  # noqa: ANN001
 def _write_niftis(out: Path, cmr, i: int) -> None:  # noqa: ANN001
     for name, array in (("ed", cmr.image_ed), ("es", cmr.image_es), ("ed_seg", cmr.labels_ed),
                         ("es_seg", cmr.labels_es)):
-        _write_nifti(out, f"B{i:05d}_{name}.nii.gz", array, cmr.affine)
+        write_nifti(out, f"B{i:05d}_{name}.nii.gz", array, cmr.affine)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
-    spec = profile.cohort_spec(n_subjects=args.n)
+    spec = cohort_spec(profile, n_subjects=args.n)
     states = [sample_state(np.random.default_rng(i), f"B{i:05d}") for i in range(args.n)]
     with one_blas_thread(), tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -41,12 +41,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from ecgcmr.config import Profile, get_profile
 from ecgcmr.constants import ECG_N_SAMPLES, PHENOTYPES
 from ecgcmr.models import build_cmr_encoder, build_ecg_encoder
+from ecgcmr.stages import OptimConfig
 from ecgcmr.train import (
     AlignTask,
     CmrRegressionTask,
     EcgMaeTask,
     EpochSampler,
-    OptimConfig,
     Task,
     autocast_for,
     compile_blocks,
@@ -207,7 +207,6 @@ def timed_steps(net: Callable, task: Task, batches: Iterator[list[torch.Tensor]]
         sync(dev)
         t3 = time.perf_counter()
         opt.step()
-        task.after_step()
         sync(dev)
         t4 = time.perf_counter()
         if i == 0:
@@ -232,8 +231,8 @@ def trunk_setup(task: AlignTask, profile: Profile, cache: str | None, dev: torch
     from ecgcmr.trunk_cache import trunk_shape
 
     shape = trunk_shape(task.cmr["ed"], profile.cmr_shape)
+    task.cmr_input = "trunk"
     if cache is None:
-        task.cmr_input = "trunk"
         return None, shape, 0.0
     workdir.mkdir(parents=True, exist_ok=True)
     init = {}
@@ -241,8 +240,9 @@ def trunk_setup(task: AlignTask, profile: Profile, cache: str | None, dev: torch
         init[phase] = workdir / f"trunk_bench_{profile.name}_{phase}.pt"
         torch.save(encoder.state_dict(), init[phase])
     t0 = time.perf_counter()
-    features = cmr_trunk_features(open_cache(cache), task, profile.stage_config("align"), init,
-                                  "on", device=str(dev), progress=False)
+    features = cmr_trunk_features(open_cache(cache), profile.stage_config("align"),
+                                  dict(task.cmr.items()), init, "on", device=str(dev),
+                                  progress=False)
     return features, shape, time.perf_counter() - t0
 
 

@@ -12,7 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ecgcmr.constants import DEFAULT_SYSTOLIC_COUPLING
 from ecgcmr.errors import DataError, OutputError
+from ecgcmr.runs import DATA_DIR
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from ecgcmr.config import PROFILES
+    from ecgcmr.data.dataset import CMR_AUGMENTS
+    from ecgcmr.methods import ALIGNED, PHASES
+    from ecgcmr.stages import DEFAULT_CMR_AUGMENT
 
     parser = argparse.ArgumentParser(prog="ecgcmr", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -42,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="cohort folder (created)")
     p.add_argument("--n", type=int, default=None, help="number of subjects (default: profile)")
     p.add_argument("--seed", type=int, default=0, help="cohort seed")
-    p.add_argument("--systolic-coupling", type=float, default=1.0,
+    p.add_argument("--systolic-coupling", type=float, default=DEFAULT_SYSTOLIC_COUPLING,
                    help="how much LVEF reaches the ECG: 1 the default world, 0 none (the "
                         "negative control of the dual-phase claim), > 1 amplified")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
@@ -63,11 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="default: data/cache/<manifest folder>-<hash of the settings>, "
                         "where the notebooks and `ecgcmr pretrain` look")
-    p.add_argument("--data-dir", default="data")
+    p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--profile", choices=sorted(PROFILES), default="tiny",
                    help="sets the CMR grid")
-    p.add_argument("--notch-hz", type=float, default=50.0,
-                   help="mains notch frequency (50 UK/Europe, 60 Americas; 0 disables)")
+    _notch_arg(p)
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_preprocess)
 
@@ -77,24 +81,26 @@ def _parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default for cmr/ecg: data/models/<cache>/<stage>-...)")
-    p.add_argument("--phase", choices=["ed", "es"], default="ed", help="stage A: which phase")
-    p.add_argument("--method", choices=["dual", "ed", "es"], default="dual", help="stage C")
+    p.add_argument("--phase", choices=PHASES, default="ed", help="stage A: which phase")
+    p.add_argument("--method", choices=ALIGNED, default="dual", help="stage C")
     p.add_argument("--ecg-encoder", choices=["vit", "cnn"], default="vit")
     p.add_argument("--init-ed", type=Path, help="stage C: stage-A ED best.pt")
     p.add_argument("--init-es", type=Path, help="stage C: stage-A ES best.pt")
     p.add_argument("--init-ecg", type=Path, help="stage C: stage-B best.pt (else random init)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=0, help="0: the profile's")
-    p.add_argument("--batch-size", type=int, default=0, help="global batch; 0: the profile's")
+    p.add_argument("--epochs", type=int, default=None, help="default: the profile's")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch (default: the profile's)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--channels-last", action="store_true",
                    help="channels_last_3d layout for the 3D convolutions (GPU speed option)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    p.add_argument("--cmr-augment", choices=["flip", "random", "none"], default=None,
-                   help="CMR training augmentation (default: flip in stage C, as the public "
-                        "code; random in A)")
+    p.add_argument("--cmr-augment", choices=CMR_AUGMENTS, default=None,
+                   help="CMR training augmentation (default, by stage: " + ", ".join(
+                       f"{stage} {augment}" for stage, augment in DEFAULT_CMR_AUGMENT.items())
+                   + ")")
     p.add_argument("--trunk-cache", choices=["auto", "on", "off"], default="auto",
                    help="stage C: read the frozen CMR trunks' outputs from a cache built once "
                         "per stage-A checkpoint (auto: where smaller than the volumes)")
@@ -115,8 +121,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="run folder (default: runs/<timestamp>); an existing one is resumed")
     p.add_argument("--workers", type=int, default=2, help="processes for data preparation")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any notebook parameter, e.g. --set cohort_seed=1; "
-                        "comma-separated values make a grid: --set seed=1,2,3 --set method=dual,ed")
+                   help="override any notebook parameter, e.g. --set cohort_seed=1 (None: "
+                        "an optional one's 'not set'); comma-separated values make a grid: "
+                        "--set seed=1,2,3 --set method=dual,ed (quoted, one value: "
+                        "--set 'balanced_seeds=\"0,1\"')")
     p.add_argument("--jobs", type=int, default=1, help="grid cells run in parallel")
     p.add_argument("--until", default="99", metavar="NN",
                    help="run the notebooks up to this number only (e.g. 01: data preparation)")
@@ -137,8 +145,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from ecgcmr.files import project_root, resolve
     from ecgcmr.publish import publish
-    from ecgcmr.runs import project_root, resolve
 
     files = [resolve(f) for f in args.files]
     stale = publish(files, project_root(), check=args.check)
@@ -156,33 +164,47 @@ def _publish(args: argparse.Namespace) -> int:
 def _data_args(p: argparse.ArgumentParser) -> None:
     from ecgcmr.config import PROFILES
 
-    p.add_argument("--manifest", default="", help="manifest (default: the profile's synthetic "
+    p.add_argument("--manifest", default=None, help="manifest (default: the profile's synthetic "
                    "cohort in --data-dir)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="tiny")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--n-subjects", type=int, default=0)
+    p.add_argument("--data-dir", default=DATA_DIR)
+    p.add_argument("--n-subjects", type=int, default=None,
+                   help="synthetic cohort size (default: the profile's)")
     p.add_argument("--cohort-seed", type=int, default=0)
-    p.add_argument("--systolic-coupling", type=float, default=1.0,
+    p.add_argument("--systolic-coupling", type=float, default=DEFAULT_SYSTOLIC_COUPLING,
                    help="which synthetic world (see `ecgcmr synth --help`)")
-    p.add_argument("--notch-hz", type=float, default=50.0)
+    _notch_arg(p)
+
+
+def _notch_arg(p: argparse.ArgumentParser) -> None:
+    from ecgcmr.data.ecg import EcgPreprocessing
+
+    p.add_argument("--notch-hz", type=float, default=EcgPreprocessing().notch_hz,
+                   help="mains notch frequency of the cache (50 UK/Europe, 60 Americas; 0 "
+                        "disables; default: %(default)s)")
+
+
+def _cache_spec(args: argparse.Namespace):  # noqa: ANN202 - returns ecgcmr.data.CacheSpec
+    from ecgcmr.config import get_profile
+
+    return get_profile(args.profile).cache_spec(notch_hz=args.notch_hz or None)
 
 
 def _open_cache(args: argparse.Namespace):  # noqa: ANN202 - returns ecgcmr.data.Cache
-    from ecgcmr.config import get_profile
     from ecgcmr.runs import locate_cache, locate_manifest
 
     manifest = locate_manifest(args.manifest, profile=args.profile, n_subjects=args.n_subjects,
                                cohort_seed=args.cohort_seed, data_dir=args.data_dir,
                                systolic_coupling=args.systolic_coupling)
-    spec = get_profile(args.profile).cache_spec(notch_hz=args.notch_hz or None)
-    return locate_cache(manifest, spec, args.data_dir)
+    return locate_cache(manifest, _cache_spec(args), args.data_dir)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from ecgcmr import distributed as dist
     from ecgcmr.config import get_profile
-    from ecgcmr.pretrain import stage_dir, train_stage
-    from ecgcmr.runs import resolve
+    from ecgcmr.files import resolve
+    from ecgcmr.pretrain import train_stage
+    from ecgcmr.stages import stage_dir
 
     dist.setup_from_env()   # a no-op unless started by torchrun
     try:
@@ -190,11 +212,9 @@ def _pretrain(args: argparse.Namespace) -> int:
         extra = {"phase": args.phase} if args.stage == "cmr" else \
             {"method": args.method, "ecg_encoder": args.ecg_encoder} if args.stage == "align" \
             else {}
-        if args.cmr_augment:
-            extra["cmr_augment"] = args.cmr_augment
         cfg = get_profile(args.profile).stage_config(
-            args.stage, seed=args.seed, epochs=args.epochs or None,
-            batch_size=args.batch_size or None, **extra)
+            args.stage, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+            cmr_augment=args.cmr_augment, **extra)
         if args.stage == "align":
             if not (args.init_ed or args.init_es) or args.out is None:
                 raise SystemExit("ecgcmr pretrain align needs --out and the stage-A checkpoints "
@@ -236,11 +256,10 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from ecgcmr.config import get_profile
-    from ecgcmr.synth.cohort import generate_cohort
+    from ecgcmr.synth.cohort import cohort_spec, generate_cohort
 
-    spec = get_profile(args.profile).cohort_spec(seed=args.seed, n_subjects=args.n,
-                                                 systolic_coupling=args.systolic_coupling)
+    spec = cohort_spec(args.profile, seed=args.seed, n_subjects=args.n,
+                       systolic_coupling=args.systolic_coupling)
     manifest = generate_cohort(args.out, spec, workers=args.workers)
     print(f"wrote {spec.n_subjects} subjects; manifest: {manifest}")
     return 0
@@ -264,12 +283,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from ecgcmr.config import get_profile
     from ecgcmr.data.cache import build_cache
     from ecgcmr.data.manifest import read_manifest
     from ecgcmr.runs import cache_dir_for
 
-    spec = get_profile(args.profile).cache_spec(notch_hz=args.notch_hz or None)
+    spec = _cache_spec(args)
     folder = args.cache_dir or cache_dir_for(args.manifest, spec.to_json(), args.data_dir)
     if args.cmr_only and args.kind not in (None, "cmr_only"):
         raise SystemExit(f"ecgcmr: --cmr-only contradicts --kind {args.kind}")
@@ -284,13 +302,16 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 def parse_assignments(items: Sequence[str]) -> dict[str, object]:
     """``["seed=1", "notch_hz=60.0", "method=dual,ed"]`` -> typed values (Python literals,
-    else strings); a comma-separated value becomes a list: a grid axis."""
+    else strings); a comma-separated value becomes a list: a grid axis, unless it is quoted
+    (``'balanced_seeds="0,1,2"'`` is one string)."""
     out: dict[str, object] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"ecgcmr: --set expects KEY=VALUE, got {item!r}")
-        values = [_literal(v) for v in raw.split(",")]
+        whole = _literal(raw)
+        values = [whole] if isinstance(whole, str) and whole != raw else \
+            [_literal(v) for v in raw.split(",")]
         out[key.strip()] = values if len(values) > 1 else values[0]
     return out
 
@@ -303,20 +324,26 @@ def _literal(raw: str) -> object:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from ecgcmr.runs import new_run_dir, notebook_series, run_grid, run_path, run_series
+    from ecgcmr import runs
 
     params = {"profile": args.profile, "workers": args.workers, **parse_assignments(args.set)}
+    try:
+        runs.check_params(params)
+    except DataError:           # no notebooks to read the parameters from: main() reports it
+        raise
+    except ValueError as exc:   # a parameter no notebook declares, or a value of a wrong type
+        raise SystemExit(f"ecgcmr: error: {exc}") from None
     if any(isinstance(v, list) for v in params.values()):
-        grid = run_path(args.run_dir)
+        grid = runs.run_path(args.run_dir)
         print(f"grid folder: {grid}")
-        cells = run_grid(grid, params, jobs=args.jobs, until=args.until)
+        cells = runs.run_grid(grid, params, jobs=args.jobs, until=args.until)
         for name, state in cells.items():
             print(f"  {name}: {state}")
         print(f"summary: {grid / 'summary.csv'}; report: {grid / 'index.html'}")
         return 1 if "failed" in cells.values() else 0
-    run = new_run_dir(args.run_dir)
+    run = runs.new_run_dir(args.run_dir)
     print(f"run folder: {run}")
-    result = run_series(run, params, notebook_series(until=args.until))
+    result = runs.run_series(run, params, runs.notebook_series(until=args.until))
     for name, state in result.items():
         print(f"  {name}: {state}")
     return 1 if "failed" in result.values() else 0

@@ -3,9 +3,9 @@
 A profile shrinks sizes (cohort, grids, later epochs and model widths). One exception in method:
 the ``paper`` profile follows the authors' public code where it differs from this project's
 earlier choices (stage B's loss and optimiser, stage C's CMR freezing, covariates fused into the
-outcome heads; ``PUBLIC_RECIPE`` below, each item cited where it is implemented), while ``tiny``
-and ``teaching`` keep those earlier choices, so their stage identities — and the shipped
-teaching weights they match — stay as they were. Every choice is a parameter of its own.
+outcome heads; ``PUBLIC_STAGE_FIELDS`` / ``PUBLIC_OPTIM_FIELDS`` below, each item cited where
+it is implemented), while ``tiny`` and ``teaching`` keep those earlier choices.
+Every choice is a parameter of its own.
 Everything a profile sets can be overridden one parameter at a time (notebook ``parameters``
 cell, ``ecgcmr reproduce --set key=value``).
 """
@@ -19,10 +19,7 @@ from ecgcmr.constants import COVARIATES
 from ecgcmr.data.cache import CacheSpec
 from ecgcmr.data.cmr import CmrGrid
 from ecgcmr.data.ecg import EcgPreprocessing
-from ecgcmr.synth.cmr import SaxSpec
-from ecgcmr.synth.cohort import CohortSpec
-from ecgcmr.synth.physiology import DEFAULT_SYSTOLIC_COUPLING
-from ecgcmr.train import OptimConfig, StageConfig
+from ecgcmr.stages import OptimConfig, StageConfig
 
 # The authors' public code's recipe, where it differs from this project's earlier choices:
 # StageConfig fields and OptimConfig fields per stage. Sources:
@@ -48,7 +45,8 @@ class Profile:
     name: str
     description: str
     n_subjects: int                         # synthetic cohort size (paired subjects)
-    sax: dict[str, Any] = field(default_factory=dict)   # SaxSpec overrides (rendered stacks)
+    # SaxSpec overrides of the synthetic cohort's rendered stacks (ecgcmr.synth.cohort.cohort_spec)
+    sax: dict[str, Any] = field(default_factory=dict)
     # model grid (D slices, H, W): 14 slices x 10 mm covers base to apex of large hearts
     cmr_shape: tuple[int, int, int] = (14, 96, 96)
     cmr_spacing_mm: tuple[float, float, float] = (10.0, 1.8, 1.8)  # (slice, row, column)
@@ -66,24 +64,23 @@ class Profile:
     # (ECG-CMR-CL/utils/generate_balanced_dataset.py) for its ECGwClinicalPredictor.
     outcome_covariates: tuple[str, ...] = ()
 
-    def cohort_spec(self, *, seed: int = 0, n_subjects: int | None = None,
-                    systolic_coupling: float = DEFAULT_SYSTOLIC_COUPLING) -> CohortSpec:
-        return CohortSpec(n_subjects=n_subjects or self.n_subjects, seed=seed,
-                          sax=replace(SaxSpec(), **self.sax),
-                          systolic_coupling=systolic_coupling)
-
-    def stage_config(self, stage: str, *, seed: int = 0, **overrides: Any) -> StageConfig:
-        """The pretraining configuration of one stage at this profile's sizes."""
-        epochs = overrides.pop("epochs", None) or self.epochs[stage]
+    def stage_config(self, stage: str, *, seed: int = 0, epochs: int | None = None,
+                     batch_size: int | None = None, **overrides: Any) -> StageConfig:
+        """The pretraining configuration of one stage at this profile's sizes (``epochs`` and
+        ``batch_size`` None: the profile's)."""
+        epochs = self.epochs[stage] if epochs is None else epochs
         optim = replace(OptimConfig(), **self.optim_fields.get(stage, {}), epochs=epochs,
                         warmup_epochs=round(0.4 * epochs),
-                        batch_size=overrides.pop("batch_size", None) or self.batch_size)
+                        batch_size=self.batch_size if batch_size is None else batch_size)
         fields = {**self.stage_fields.get(stage, {}), **overrides}
         return StageConfig(stage=stage, size=self.model_size, seed=seed, optim=optim, **fields)
 
-    def cache_spec(self, *, notch_hz: float | None = 50.0) -> CacheSpec:
+    def cache_spec(self, **ecg: Any) -> CacheSpec:
+        """The preprocessing of this profile's cache: its CMR grid, and the ECG chain's
+        defaults (:class:`ecgcmr.data.ecg.EcgPreprocessing`) with ``ecg`` overrides, e.g.
+        ``notch_hz=None`` (no notch)."""
         grid = replace(CmrGrid(), shape=self.cmr_shape, spacing_mm=self.cmr_spacing_mm)
-        return CacheSpec(ecg=replace(EcgPreprocessing(), notch_hz=notch_hz), grid=grid)
+        return CacheSpec(ecg=replace(EcgPreprocessing(), **ecg), grid=grid)
 
 
 PROFILES: dict[str, Profile] = {

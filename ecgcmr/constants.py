@@ -12,7 +12,6 @@ LEADS: tuple[str, ...] = (
 ECG_FS_HZ: int = 500          # sampling rate of every array the models see
 ECG_DURATION_S: float = 10.0  # length of a resting ECG strip
 ECG_N_SAMPLES: int = 5000     # ECG_FS_HZ * ECG_DURATION_S
-ECG_UNITS: str = "mV"
 
 #: Image-derived phenotypes (IDPs): LV/RV volumes (mL), stroke volumes (mL), EF (%), LV mass (g).
 PHENOTYPES: tuple[str, ...] = (
@@ -40,3 +39,8 @@ LABEL_RV_BLOOD: int = 3
 
 #: Myocardial density used to turn myocardial volume into LV mass (g/mL).
 MYOCARDIAL_DENSITY_G_PER_ML: float = 1.05
+
+#: The synthetic world's systolic coupling: how much LVEF reaches the ECG (1: the default
+#: world; 0: the negative control of the dual-phase claim; > 1: a positive one). What it
+#: scales is described in :mod:`ecgcmr.synth.physiology`.
+DEFAULT_SYSTOLIC_COUPLING: float = 1.0

@@ -113,21 +113,6 @@ def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.T
     return _GatherWithGrad.apply(x, list(sizes))
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum of ``x`` over ranks, as a new tensor without gradient (logging, metrics)."""
-    out = x.detach().clone()
-    if world_size() > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
-
-
-def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over ranks, without gradient: one validation loss that all ranks share,
-    so that early stopping takes the same decision everywhere (a rank that stops alone hangs
-    the others in their next collective)."""
-    return all_reduce_sum(x) / world_size()
-
-
 # --------------------------------------------------------------------------- set-up
 @dataclass(frozen=True)
 class DistInfo:

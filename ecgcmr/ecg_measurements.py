@@ -235,23 +235,6 @@ def detect_r_peaks(ecg: np.ndarray, fs: float = ECG_FS_HZ, *, cleaned: bool = Fa
     return np.array(keep, dtype=np.int64)
 
 
-def median_beat(ecg: np.ndarray, peaks: np.ndarray, fs: float = ECG_FS_HZ
-                ) -> tuple[np.ndarray, int]:
-    """Representative beat: beats aligned by cross-correlation, sample-wise median per lead.
-
-    Args:
-        ecg: ``(12, T)`` mV, cleaned (:func:`clean_ecg`).
-        peaks: QRS sample indices (:func:`detect_r_peaks`).
-        fs: sampling rate (Hz).
-
-    Returns:
-        (``(12, W)`` mV median beat, index of the fiducial point within it). Samples that no
-        beat covers (strip edges) are NaN.
-    """
-    beats, fid = _aligned_beats(ecg, peaks, fs)
-    return _nanmedian(beats), fid
-
-
 # ============================================================================================
 # Internals
 # ============================================================================================

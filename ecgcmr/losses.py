@@ -19,45 +19,22 @@ from the global batch; see :func:`info_nce` for the exact value and gradient con
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from types import MappingProxyType
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ecgcmr import distributed as ddp
+from ecgcmr.methods import METHODS, TERMS
 
 # τ = 0.07: the paper's fixed temperature (DESIGN.md §5), also CLIP's initial value
 # (Radford et al. 2021, ICML, "Learning Transferable Visual Models From Natural Language
 # Supervision", §2.5, following Wu et al. 2018, CVPR).
 DEFAULT_TEMPERATURE = 0.07
-# CLIP clips the learned logit scale 1/τ at 100 "to prevent scaling the logits by more than
-# 100 which we found necessary to prevent training instability" (Radford et al. 2021, §2.5).
-MAX_LOGIT_SCALE = 100.0
-# MAE's per-patch target normalisation: (x - mean) / sqrt(var + 1e-6)
-# (He et al. 2022, CVPR, "Masked Autoencoders Are Scalable Vision Learners", §3 and
-# its reference code's norm_pix_loss).
-NORM_PIX_EPS = 1e-6
-
-TERMS = ("ecg_ed", "ecg_es", "ed_es")  # the three pairs of dual_phase_loss, in weight order
-# Single-phase baselines are weight settings of the same loss (DESIGN.md §5).
-METHOD_WEIGHTS: Mapping[str, tuple[float, float, float]] = MappingProxyType({
-    "dual": (1 / 3, 1 / 3, 1 / 3),
-    "ed": (1.0, 0.0, 0.0),
-    "es": (0.0, 1.0, 0.0),
-})
-
-
-
-def phases_of(method: str) -> tuple[str, ...]:
-    """The CMR phases a method's loss reads: ``("ed", "es")`` for dual, one for a single-phase
-    method (its other phase's stage-A encoder is never needed)."""
-    w_ecg_ed, w_ecg_es, w_ed_es = method_weights(method)
-    return tuple(p for p, used in (("ed", w_ecg_ed or w_ed_es), ("es", w_ecg_es or w_ed_es))
-                 if used)
+# the paper's loss: the three terms weighted equally
+PAPER_WEIGHTS: tuple[float, float, float] = METHODS["dual"].loss_weights  # type: ignore[assignment]
 
 
 Temp = float | Tensor  # a positive float, or a 0-d tensor (e.g. Temperature()())
@@ -100,71 +77,22 @@ def _want_gather(gather: bool | None) -> bool:
     return (ddp.world_size() > 1) if gather is None else (bool(gather) and ddp.world_size() > 1)
 
 
-class _Batch:
-    """Where the local rows sit in the global batch: ``sizes`` per rank, this rank's ``start``."""
-
-    def __init__(self, n_local: int, device: torch.device, gather: bool) -> None:
-        self.gather = gather
-        self.sizes = ddp.gather_sizes(n_local, device=device) if gather else [n_local]
-        self.start = sum(self.sizes[: ddp.rank()]) if gather else 0
-        self.n_local = n_local
-        self.n_global = sum(self.sizes)
-        self.world = len(self.sizes)
+def _gathered_sizes(n_local: int, device: torch.device, gather: bool) -> list[int] | None:
+    """Rows per rank of the global batch when gathering, else None (the local batch only)."""
+    return ddp.gather_sizes(n_local, device=device) if gather else None
 
 
-def _symmetric_ce(a_rows: Tensor, b_rows: Tensor, a_all: Tensor, b_all: Tensor,
-                  labels: Tensor, scale: Tensor | float, reduction: Literal["mean", "sum"]
-                  ) -> Tensor:
-    """½[CE(â_rows b̂_allᵀ s, labels) + CE(b̂_rows â_allᵀ s, labels)], s = 1/τ.
-
-    Row i of ``a_rows @ b_all.T`` is row i of S; row i of ``b_rows @ a_all.T`` is row i of Sᵀ.
-    """
-    logits_ab = (a_rows @ b_all.T) * scale  # (n, N)
-    logits_ba = (b_rows @ a_all.T) * scale  # (n, N)
-    return 0.5 * (F.cross_entropy(logits_ab, labels, reduction=reduction)
-                  + F.cross_entropy(logits_ba, labels, reduction=reduction))
-
-
-def _pair_loss(a: Tensor, b: Tensor, a_all: Tensor, b_all: Tensor, batch: _Batch,
-               scale: Tensor | float, local_rows: bool) -> tuple[Tensor, Tensor | None]:
-    """One symmetric InfoNCE term on unit fp32 embeddings.
-
-    Returns ``(loss, local_sum)``: ``loss`` to backpropagate; ``local_sum`` is the detached
-    sum of this rank's per-row losses when ``local_rows`` (its value must still be made
-    global, see :func:`_globalise`), else None (``loss`` already is the global value).
-    """
-    device = a.device
-    if not batch.gather or not local_rows:
-        # full global logits: S is (N, N) on every rank, identical everywhere
-        labels = torch.arange(batch.n_global if batch.gather else batch.n_local, device=device)
-        return _symmetric_ce(a_all, b_all, a_all, b_all, labels, scale, "mean"), None
-    # local rows against global columns: positives of local row i sit at column start + i
-    labels = torch.arange(batch.start, batch.start + batch.n_local, device=device)
-    row_sum = _symmetric_ce(a, b, a_all, b_all, labels, scale, "sum")
-    # scaled so that the per-rank losses sum to world · L (see info_nce docstring)
-    return row_sum * (batch.world / batch.n_global), row_sum.detach()
-
-
-def _globalise(losses: list[Tensor], local_sums: list[Tensor | None], batch: _Batch
-               ) -> list[Tensor]:
-    """Give local-row losses the value of the global loss, keeping their gradient.
-
-    One all_reduce for all terms. ``loss + (value - loss).detach()`` has the value of the
-    global loss and the gradient of ``loss``.
-    """
-    todo = [i for i, s in enumerate(local_sums) if s is not None]
-    if not todo:
-        return losses
-    values = ddp.all_reduce_sum(torch.stack([local_sums[i] for i in todo])) / batch.n_global
-    out = list(losses)
-    for v, i in zip(values, todo, strict=True):
-        out[i] = losses[i] + (v - losses[i]).detach()
-    return out
+def _pair_loss(a: Tensor, b: Tensor, scale: Tensor | float) -> Tensor:
+    """½[CE(â b̂ᵀ s, I) + CE(b̂ âᵀ s, I)], s = 1/τ, on unit fp32 rows (already gathered)."""
+    labels = torch.arange(a.shape[0], device=a.device)
+    logits_ab = (a @ b.T) * scale                                # (N, N): S
+    logits_ba = (b @ a.T) * scale                                # (N, N): Sᵀ
+    return 0.5 * (F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits_ba, labels))
 
 
 # --------------------------------------------------------------------------- contrastive
 def info_nce(a: Tensor, b: Tensor, temperature: Temp = DEFAULT_TEMPERATURE, *,
-             gather: bool | None = None, local_rows: bool = False) -> Tensor:
+             gather: bool | None = None) -> Tensor:
     """Symmetric CLIP / InfoNCE loss of a batch of B pairs ``(a_i, b_i)``.
 
     With â, b̂ the rows L2-normalised and S = â b̂ᵀ / τ (B × B, cosine similarity / τ)::
@@ -177,46 +105,32 @@ def info_nce(a: Tensor, b: Tensor, temperature: Temp = DEFAULT_TEMPERATURE, *,
     Args:
         a, b: (B, D) embeddings of the two modalities (any float dtype; any norm — the loss
             is invariant to each row's scale).
-        temperature: τ > 0, a float or a 0-d tensor (learnable: :class:`Temperature`).
+        temperature: τ > 0, a float or a 0-d tensor.
         gather: under torch.distributed, take the negatives from every rank's batch
             (default None: gather whenever a process group with world size > 1 exists;
             False: the local batch only). ``a``/``b`` are then this rank's rows.
-        local_rows: only when gathering; see below. Same value and same gradients.
 
     Returns:
         0-d float32 tensor. When gathering, its value on every rank equals the
         single-process loss on the global batch (all ranks' rows concatenated in rank order).
 
-    Distributed gradient convention. Embeddings are gathered with their graph
-    (:func:`ecgcmr.distributed.gather_with_grad`, whose backward sums over ranks). Two
-    variants with identical values and gradients:
-
-    * ``local_rows=False`` (default): every rank builds the full global N × N logits and
-      computes the global L itself. Simple, and any replicated parameter that enters only
-      through the loss (a learnable τ) gets the same gradient on every rank.
-    * ``local_rows=True``: rank r computes only its n_r rows of S and of Sᵀ against all N
-      columns (labels offset by the rank's first global row) — n_r × N instead of N × N.
-      Its backward loss is L_r = (world/N) · Σ_{i ∈ r} ℓ_i, so that Σ_r L_r = world · L;
-      its returned value is made the global L by one scalar all-reduce. Parameters used only
-      in the loss (τ) then get per-rank gradients: they must be averaged (put τ inside the
-      DDP-wrapped module).
-
-    Either way the local embeddings of rank r receive ``world · ∂L/∂z_r``, and DDP's
-    gradient **averaging** over ranks turns that into exactly ∂L/∂θ, the gradient of
-    single-process training on the global batch. (Without DDP, average the gradients over
-    ranks yourself; summing them would multiply the step by ``world``.) Every rank must call
-    the loss, in the same order — it contains collectives.
+    Distributed gradient convention: embeddings are gathered with their graph
+    (:func:`ecgcmr.distributed.gather_with_grad`, whose backward sums over ranks) and every
+    rank computes the global N × N loss, so the local embeddings of rank r receive
+    ``world · ∂L/∂z_r``, and DDP's gradient **averaging** over ranks turns that into exactly
+    ∂L/∂θ, the gradient of single-process training on the global batch. (Without DDP, average
+    the gradients over ranks yourself; summing them would multiply the step by ``world``.)
+    Every rank must call the loss, in the same order — it contains collectives.
     """
     _check_pair(a, b)
     _check_temperature(temperature)
     with _fp32(a.device):
-        batch = _Batch(a.shape[0], a.device, _want_gather(gather))
+        sizes = _gathered_sizes(a.shape[0], a.device, _want_gather(gather))
         scale = 1.0 / _as_fp32_scalar(temperature, a.device)
         ua, ub = _unit(a), _unit(b)
-        a_all = ddp.gather_with_grad(ua, batch.sizes) if batch.gather else ua
-        b_all = ddp.gather_with_grad(ub, batch.sizes) if batch.gather else ub
-        loss, local_sum = _pair_loss(ua, ub, a_all, b_all, batch, scale, local_rows)
-        return _globalise([loss], [local_sum], batch)[0]
+        if sizes is not None:
+            ua, ub = ddp.gather_with_grad(ua, sizes), ddp.gather_with_grad(ub, sizes)
+        return _pair_loss(ua, ub, scale)
 
 
 def _check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
@@ -231,35 +145,25 @@ def _check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
     return (w[0] / total, w[1] / total, w[2] / total)
 
 
-def method_weights(method: str) -> tuple[float, float, float]:
-    """Loss weights (ECG↔ED, ECG↔ES, ED↔ES) of a named method: "dual", "ed" or "es"."""
-    try:
-        return METHOD_WEIGHTS[method]
-    except KeyError:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHOD_WEIGHTS)}"
-                         ) from None
-
-
 def dual_phase_loss(z_ecg: Tensor | None, z_ed: Tensor | None, z_es: Tensor | None,
                     temperature: Temp = DEFAULT_TEMPERATURE,
-                    weights: Sequence[float] = METHOD_WEIGHTS["dual"], *,
-                    gather: bool | None = None, local_rows: bool = False
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
+                    weights: Sequence[float] = PAPER_WEIGHTS, *,
+                    gather: bool | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The paper's multi-term contrastive loss (DESIGN.md §5)::
 
         L = λ_ecg_ed · info_nce(ECG, ED) + λ_ecg_es · info_nce(ECG, ES) + λ_ed_es · info_nce(ED, ES)
 
     with the weights ``(λ_ecg_ed, λ_ecg_es, λ_ed_es)`` renormalised to sum to 1 (⅓ each by
     default). A zero weight skips its term entirely, so the phase it alone needs may be None:
-    ``METHOD_WEIGHTS["ed"] = (1, 0, 0)`` is the single-phase ECG↔ED baseline and ignores
-    ``z_es``; ``"es"`` ignores ``z_ed``.
+    weights ``(1, 0, 0)`` are the single-phase ECG↔ED baseline and ignore ``z_es``
+    (:data:`ecgcmr.methods.METHODS` holds each method's weights).
 
     Args:
         z_ecg, z_ed, z_es: (B, D) projected embeddings of the same B subjects (this rank's
             rows under DDP); each is gathered at most once.
         temperature: τ, float or 0-d tensor, shared by the three terms.
         weights: three non-negative numbers, not all zero.
-        gather, local_rows: as in :func:`info_nce` (same value and gradient convention).
+        gather: as in :func:`info_nce` (same value and gradient convention).
 
     Returns:
         ``(total, terms)``: ``total`` the 0-d weighted loss to backpropagate; ``terms`` maps
@@ -279,88 +183,51 @@ def dual_phase_loss(z_ecg: Tensor | None, z_ed: Tensor | None, z_es: Tensor | No
     missing = [m for m in needed if given[m] is None]
     if missing:
         raise ValueError(f"dual_phase_loss: weights {w} need z_{', z_'.join(missing)}")
-    z = {m: given[m] for m in needed}
+    z: dict[str, Tensor] = {m: given[m] for m in needed}  # type: ignore[misc]
     first = z[needed[0]]
     for m in needed[1:]:
-        _check_pair(first, z[m], f"z_{needed[0]}, z_{m}")  # type: ignore[arg-type]
-    if first.ndim != 2 or first.shape[0] == 0:  # type: ignore[union-attr]
-        raise ValueError(f"z_{needed[0]}: expected a non-empty (B, D) tensor, "
-                         f"got {tuple(first.shape)}")  # type: ignore[union-attr]
+        _check_pair(first, z[m], f"z_{needed[0]}, z_{m}")
 
-    device = first.device  # type: ignore[union-attr]
+    device = first.device
     with _fp32(device):
-        batch = _Batch(first.shape[0], device, _want_gather(gather))  # type: ignore[union-attr]
+        sizes = _gathered_sizes(first.shape[0], device, _want_gather(gather))
         scale = 1.0 / _as_fp32_scalar(temperature, device)
-        unit = {m: _unit(t) for m, t in z.items()}  # type: ignore[arg-type]
-        full = {m: ddp.gather_with_grad(u, batch.sizes) if batch.gather else u
-                for m, u in unit.items()}
-        losses, sums = [], []
-        for name, _ in active:
-            p, q = pairs[name]
-            loss, s = _pair_loss(unit[p], unit[q], full[p], full[q], batch, scale, local_rows)
-            losses.append(loss)
-            sums.append(s)
-        losses = _globalise(losses, sums, batch)
-        total = sum((wt * loss for (_, wt), loss in zip(active, losses, strict=True)),
+        unit = {m: _unit(t) for m, t in z.items()}
+        if sizes is not None:
+            unit = {m: ddp.gather_with_grad(u, sizes) for m, u in unit.items()}
+        losses = {name: _pair_loss(unit[pairs[name][0]], unit[pairs[name][1]], scale)
+                  for name, _ in active}
+        total = sum((wt * losses[name] for name, wt in active),
                     start=torch.zeros((), device=device))
-        terms = {name: loss.detach() for (name, _), loss in zip(active, losses, strict=True)}
+        terms = {name: loss.detach() for name, loss in losses.items()}
     return total, terms
 
 
 # --------------------------------------------------------------------------- temperature
 class Temperature(nn.Module):
-    """The contrastive temperature τ; ``forward()`` returns it as a 0-d float32 tensor.
+    """The paper's fixed contrastive temperature τ, kept as a buffer (so a checkpoint says
+    which τ it was trained with); ``forward()`` returns it as a 0-d float32 tensor."""
 
-    Fixed (default, the paper's setting): τ is a buffer — saved in the state dict, no
-    parameters. Learnable: CLIP's parameterisation, a parameter ``logit_scale = log(1/τ)``
-    (so τ stays positive and the optimiser works on a log scale), and 1/τ clamped at
-    ``max_logit_scale`` = 100 (Radford et al. 2021, §2.5). The clamp in ``forward`` bounds the
-    value; call :meth:`clamp_` after ``optimizer.step()`` as CLIP does, so the parameter itself
-    never drifts past the bound (where the clamp would leave it without gradient).
-
-    Under DDP with ``local_rows=True`` keep this module inside the DDP-wrapped model, so
-    its gradient is averaged over ranks.
-    """
-
-    def __init__(self, init: float = DEFAULT_TEMPERATURE, learnable: bool = False,
-                 max_logit_scale: float = MAX_LOGIT_SCALE) -> None:
+    def __init__(self, init: float = DEFAULT_TEMPERATURE) -> None:
         super().__init__()
         if not (math.isfinite(init) and init > 0):
             raise ValueError(f"Temperature: init must be a positive number, got {init}")
-        if not max_logit_scale > 0:
-            raise ValueError(f"Temperature: max_logit_scale must be > 0, got {max_logit_scale}")
-        self.learnable = learnable
-        self.max_log_scale = math.log(max_logit_scale)
-        if learnable:
-            start = min(math.log(1.0 / init), self.max_log_scale)
-            self.logit_scale = nn.Parameter(torch.tensor(start, dtype=torch.float32))
-        else:
-            self.register_buffer("tau", torch.tensor(init, dtype=torch.float32))
+        self.register_buffer("tau", torch.tensor(init, dtype=torch.float32))
 
     def forward(self) -> Tensor:
-        if not self.learnable:
-            return self.tau
-        return torch.exp(-self.logit_scale.clamp(max=self.max_log_scale))
-
-    @torch.no_grad()
-    def clamp_(self) -> None:
-        """Clamp the learnable ``logit_scale`` in place to ≤ log(max_logit_scale)."""
-        if self.learnable:
-            self.logit_scale.clamp_(max=self.max_log_scale)
+        return self.tau
 
     def extra_repr(self) -> str:
-        return f"learnable={self.learnable}, tau={float(self()):.4g}"
+        return f"tau={float(self()):.4g}"
 
 
 # --------------------------------------------------------------------------- MAE, regression
-def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False) -> Tensor:
+def mae_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Masked-autoencoder reconstruction loss (He et al. 2022).
 
     ``ℓ_n = mean_p (pred_np - t_np)²`` per patch n, then ``L = Σ_n m_n ℓ_n / Σ_n m_n``: the
-    mean over MASKED patches only (visible patches are not scored). With ``norm_pix`` the
-    target of each patch is standardised over its own values first,
-    ``t = (x - mean(x)) / sqrt(var(x) + 1e-6)`` with torch's default (Bessel-corrected)
-    variance, as in MAE's reference code. A batch without masked patches gives 0.
+    mean over MASKED patches only (visible patches are not scored). A batch without masked
+    patches gives 0.
 
     Args:
         pred: (B, N, P) predicted patches (for the ECG ViT, N = 12 leads × 50 patches and
@@ -373,10 +240,6 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False)
                          f"and mask {tuple(mask.shape)} do not fit (B, N, P), (B, N, P), (B, N)")
     with _fp32(pred.device):
         pred, target, mask = pred.float(), target.float(), mask.float()
-        if norm_pix:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / torch.sqrt(var + NORM_PIX_EPS)
         per_patch = (pred - target).pow(2).mean(dim=-1)  # (B, N)
         return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
 
@@ -413,19 +276,18 @@ def ncc(a: Tensor, b: Tensor) -> Tensor:
 
 
 def public_mae_loss(pred: Tensor, target: Tensor, n_leads: int, *,
-                    ncc_weight: float = PUBLIC_NCC_WEIGHT, norm_pix: bool = False
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
+                    ncc_weight: float = PUBLIC_NCC_WEIGHT) -> tuple[Tensor, dict[str, Tensor]]:
     """Stage B's loss as the authors' public MAE computes it: ``(1 - w)·MSE + w·(1 - NCC)``.
 
     From ``angelbujalance/mae``, ``models_mae.py``, ``MaskedAutoencoderViT.forward_loss``:
 
     * ``MSE = Σ (pred - t)² / (numel + 1e-5)`` over ALL patches — masked and visible alike
       (the masked-only mean of MAE is commented out there) — where ``t`` is the patchified
-      input, per-patch normalised when ``norm_pix`` (as :func:`mae_loss`);
+      input (that code's ``norm_pix_loss`` option is not reproduced);
     * ``NCC`` = :func:`ncc` between the raw input signal and the reconstructed one
       (``unpatchify(pred)``: every patch, visible ones included), per subject and lead over
       the whole recording (the signal axis there is the last, time), averaged over subjects
-      and leads. The raw input is used even with ``norm_pix``, as there.
+      and leads.
     * ``w = 0.1`` (``main_pretrain.py``'s ``--ncc_weight`` default).
 
     Not reproduced: that repository's training loop also adds ``0.1 ×`` a SimSiam-style
@@ -448,10 +310,6 @@ def public_mae_loss(pred: Tensor, target: Tensor, n_leads: int, *,
         b = pred.shape[0]
         signal = target.reshape(b, n_leads, -1)              # the raw input, (B, L, T)
         recon = pred.reshape(b, n_leads, -1)                 # unpatchify(pred), (B, L, T)
-        if norm_pix:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / torch.sqrt(var + NORM_PIX_EPS)
         sq = (pred - target).pow(2)
         mse = sq.sum() / (sq.numel() + PUBLIC_MSE_EPS)
         r = ncc(signal, recon)

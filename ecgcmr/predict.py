@@ -130,7 +130,7 @@ def training_data(weights: str | Path) -> dict[str, object]:
     ``"shipped"`` (the profile's ``card.json`` minus other files) for a shipped file.
 
     Looked at, in order: the shipped weights' ``card.json`` (a file whose sha256 one of them
-    lists: synthetic); a run folder above it (``params.yaml``: ``manifest`` empty means the
+    lists: synthetic); a run folder above it (``params.yaml``: ``manifest`` None or empty means the
     synthetic cohort); a stage folder ``<data>/models/<cache>/<stage>/`` (the ECGs of
     ``<data>/cache/<cache>/index.csv``).
     """
@@ -183,7 +183,7 @@ def _run_training_data(run: Path, params_file: Path) -> dict[str, object]:
     if not manifest:
         return {"training_data": f"the synthetic {params.get('profile', '?')} cohort "
                                  f"(run {run})", "synthetic": True}
-    from ecgcmr.runs import resolve
+    from ecgcmr.files import resolve
 
     path = resolve(manifest)
     synthetic = (path.parent / "cohort.json").is_file() or (

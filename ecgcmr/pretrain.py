@@ -1,25 +1,16 @@
-"""Pretraining recipes: the stages of DESIGN §5 wired to the cache, and the methods compared.
-
-Methods (what the ECG encoder of a run is):
-
-======== ==================================================================================
-dual     the paper: ECG aligned with CMR at ED **and** ES (stage C, dual-phase loss)
-ed, es   single-phase alignment (stage C with the ECG↔ED or ECG↔ES term only)
-ecg_only the masked-autoencoder ECG encoder of stage B, no CMR
-random   a randomly initialised ECG encoder (seeded): the floor
-======== ==================================================================================
+"""Pretraining recipes: the stages of DESIGN §5 wired to the cache, for the methods of
+:mod:`ecgcmr.methods`.
 
 Stage A (one CMR encoder per phase) and stage B (ECG MAE) do not depend on the method, so
-their checkpoints live in ``data/models/<cache>/<stage>-<hash>/`` keyed by their full
-configuration and are reused by every method and run with the same settings; stage C is
-written to the run folder. Each phase loads its *own* stage-A checkpoint (a quirk of the
-public code, which loaded one, is fixed here).
+their checkpoints live in ``data/models/<cache>/<stage>-<identity>/``
+(:func:`ecgcmr.stages.stage_dir`) and are reused by every method and run with the same
+settings; stage C is written to the run folder. Each phase loads its *own* stage-A checkpoint
+(a quirk of the public code, which loaded one, is fixed here).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -31,32 +22,22 @@ from torch import nn
 
 from ecgcmr import distributed as dist
 from ecgcmr.data.cache import Cache
-from ecgcmr.data.dataset import CMR_VARIANTS, PairedDataset
+from ecgcmr.data.dataset import PairedDataset
 from ecgcmr.files import exclusive
+from ecgcmr.methods import get_method
 from ecgcmr.models import CmrEncoder, build_ecg_encoder
+from ecgcmr.stages import StageConfig, check_same_stage
 from ecgcmr.train import (
     AlignTask,
     CmrRegressionTask,
     EcgMaeTask,
     FitResult,
-    StageConfig,
     Task,
     fit,
     load_stage,
     pick_device,
 )
 from ecgcmr.trunk_cache import trunk_features, worth_caching
-
-METHODS: tuple[str, ...] = ("dual", "ed", "es", "ecg_only", "random")
-ALIGN_METHODS: tuple[str, ...] = ("dual", "ed", "es")
-
-
-def stage_dir(models_root: str | Path, cfg: StageConfig) -> Path:
-    """Where a reusable stage (A or B) lives: keyed by its whole configuration."""
-    digest = hashlib.sha256(json.dumps(cfg.to_json(), sort_keys=True).encode()).hexdigest()[:10]
-    name = f"{cfg.stage}-{cfg.phase}" if cfg.stage == "cmr" else cfg.stage
-    return Path(models_root) / f"{name}-{cfg.size}-seed{cfg.seed}-{digest}"
-
 
 TRUNK_CACHE_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 
@@ -97,21 +78,29 @@ def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
     than the volumes would (:func:`ecgcmr.trunk_cache.worth_caching`), ``"on"``, ``"off"``.
     A speed option: the loss is the same either way (tested).
     """
-    dist.seed_everything(cfg.seed)   # the new layers' initial weights depend only on the seed
-    task = build_task(cache, cfg, init or {})
     done = Path(out_dir) / "done.json"
+    init = init or {}
     # parallel runs sharing a stage wait for the first to finish it (not under DDP, where all
     # ranks of one run work on it together)
     lock = contextlib.nullcontext() if dist.is_distributed() else exclusive(out_dir)
     with lock:
-        _check_same_stage(Path(out_dir), cfg)
+        saved = Path(out_dir) / "config.json"
+        if saved.is_file():   # e.g. notebook 02 rerun in the same run folder with another method
+            check_same_stage(json.loads(saved.read_text()), cfg, str(out_dir))
         if done.is_file():
+            dist.seed_everything(cfg.seed)
+            task = build_task(cache, cfg, init)
             _, weights = load_stage(Path(out_dir) / "best.pt")
             task.load_state_dict(weights)
             return FitResult(**{**json.loads(done.read_text()), "out_dir": Path(out_dir)})
-        cmr_trunk = cmr_trunk_features(cache, task, cfg, init or {}, trunk_cache,
-                                       device=str(fit_kw.get("device", "auto")),
-                                       progress=bool(fit_kw.get("progress", True)))
+        cmr_trunk = None
+        if cfg.stage == "align":
+            encoders = {p: load_cmr_encoder(init[p]) for p in get_method(cfg.method).phases}
+            cmr_trunk = cmr_trunk_features(cache, cfg, encoders, init, trunk_cache,
+                                           device=str(fit_kw.get("device", "auto")),
+                                           progress=bool(fit_kw.get("progress", True)))
+        dist.seed_everything(cfg.seed)   # the new layers' initial weights depend on the seed only
+        task = build_task(cache, cfg, init, cmr_input="trunk" if cmr_trunk else "volume")
         train, val = datasets(cache, task, cfg, cmr_trunk)
         result = fit(task, cfg, train, val, out_dir, resume=resume, **fit_kw)
         if dist.is_main():
@@ -120,35 +109,33 @@ def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
     return result
 
 
-def cmr_trunk_features(cache: Cache, task: Task, cfg: StageConfig,
-                       init: dict[str, str | Path], choice: str = "auto", *,
+def cmr_trunk_features(cache: Cache, cfg: StageConfig, encoders: dict[str, CmrEncoder],
+                       checkpoints: dict[str, str | Path], choice: str = "auto", *,
                        device: str = "auto", progress: bool = True,
                        ) -> dict[str, np.ndarray] | None:
-    """Cached trunk features per CMR field for stage C, with ``task`` switched to read them
-    (None: the task reads volumes). ``init``: the stage-A checkpoint of each phase, whose
-    weights ``task.cmr`` holds; ``choice``: ``train_stage``'s ``trunk_cache``."""
+    """Cached trunk features per CMR field (``cmr_ed``, ``cmr_es``) for a stage-C ``cfg``, or
+    None where stage C should read volumes: ``choice`` is ``train_stage``'s ``trunk_cache``.
+    ``encoders``: the stage-A encoder of each phase; ``checkpoints``: the file each one's
+    weights come from (the features are keyed by it). A task then reads them when built with
+    ``cmr_input="trunk"``."""
     if choice not in TRUNK_CACHE_CHOICES:
         raise ValueError(f"trunk_cache must be one of {TRUNK_CACHE_CHOICES}, got {choice!r}")
-    if choice == "off" or not isinstance(task, AlignTask) or not task.cmr:
+    if choice == "off" or not encoders:
         return None
-    variants = CMR_VARIANTS.get(cfg.cmr_augment) if cfg.augment else 1
+    augment = cfg.augmentation()
+    variants = 1 if augment is None else augment.cmr_variants
     if variants is None:
         if choice == "on":
-            raise ValueError(f"trunk_cache='on' needs a CMR augmentation with a finite set of "
-                             f"variants ('flip' or 'none'), not cmr_augment="
-                             f"{cfg.cmr_augment!r}")
+            augment.check_finite_variants()      # raises, naming the augmentation
         return None
     volume_shape = tuple(cache.cmr_ed.shape[1:])
-    encoders = dict(task.cmr.items())
     if choice == "auto" and not all(worth_caching(e, volume_shape, variants)
                                     for e in encoders.values()):
         return None
     dev = pick_device(device)
-    trunk = {f"cmr_{phase}": trunk_features(cache, phase, encoder, init[phase], variants,
-                                            device=dev, progress=progress)
-             for phase, encoder in encoders.items()}
-    task.cmr_input = "trunk"
-    return trunk
+    return {f"cmr_{phase}": trunk_features(cache, phase, encoder, checkpoints[phase], variants,
+                                           device=dev, progress=progress)
+            for phase, encoder in encoders.items()}
 
 
 def obtain_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
@@ -229,19 +216,10 @@ def phase_retrieval(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
     return pd.DataFrame(rows)
 
 
-def _check_same_stage(out_dir: Path, cfg: StageConfig) -> None:
-    """A folder that already holds a stage trained with other settings is never reused (nor
-    resumed) as if it were this one: e.g. rerunning notebook 02 in the same run folder with
-    another method."""
-    saved = out_dir / "config.json"
-    if saved.is_file() and json.loads(saved.read_text()) != cfg.to_json():
-        old = json.loads(saved.read_text())
-        differ = sorted(k for k in {*old, *cfg.to_json()} if old.get(k) != cfg.to_json().get(k))
-        raise ValueError(f"{out_dir} holds a {cfg.stage} stage trained with other settings "
-                         f"(differs in: {', '.join(differ)}); use another run folder")
-
-
-def build_task(cache: Cache, cfg: StageConfig, init: dict[str, str | Path]) -> Task:
+def build_task(cache: Cache, cfg: StageConfig, init: dict[str, str | Path], *,
+               cmr_input: str = "volume") -> Task:
+    """The task of ``cfg.stage``; stage C's from the checkpoints of ``init`` (see
+    :func:`train_stage`) and reading CMR as ``cmr_input`` (:class:`ecgcmr.train.AlignTask`)."""
     if cfg.stage == "cmr":
         return CmrRegressionTask(cfg, _n_slices(cache), *_target_stats(cache, cfg.targets))
     if cfg.stage == "ecg":
@@ -249,7 +227,7 @@ def build_task(cache: Cache, cfg: StageConfig, init: dict[str, str | Path]) -> T
     cmr = {phase: load_cmr_encoder(path) for phase, path in init.items() if phase in ("ed", "es")}
     ecg = load_ecg_encoder(init["ecg"]) if init.get("ecg") else \
         build_ecg_encoder(cfg.ecg_encoder, cfg.size)
-    return AlignTask(cfg, ecg, cmr)
+    return AlignTask(cfg, ecg, cmr, cmr_input=cmr_input)
 
 
 def load_cmr_encoder(best_pt: str | Path) -> CmrEncoder:
@@ -274,18 +252,19 @@ def load_ecg_encoder(best_pt: str | Path) -> nn.Module:
 def ecg_encoder_for(method: str, *, seed: int, size: str, ecg_kind: str = "vit",
                     stage_b: str | Path | None = None,
                     stage_c: str | Path | None = None) -> nn.Module:
-    """The ECG encoder a method yields (what the downstream notebooks evaluate)."""
-    if method in ALIGN_METHODS:
+    """The ECG encoder a method yields (what the downstream notebooks evaluate): stage C's
+    for an aligned method, stage B's masked autoencoder for one that uses it, else a seeded
+    random initialisation."""
+    m = get_method(method)
+    if m.aligned:
         return load_ecg_encoder(stage_c)
-    if method == "ecg_only":
+    if m.uses_mae:
         if stage_b is None:
-            raise ValueError("method 'ecg_only' is the masked-autoencoder ViT of stage B; "
+            raise ValueError(f"method {method!r} is the masked-autoencoder ViT of stage B; "
                              f"ecg_encoder={ecg_kind!r} has no stage B (use 'vit')")
         return load_ecg_encoder(stage_b)
-    if method == "random":
-        dist.seed_everything(seed)
-        return build_ecg_encoder(ecg_kind, size)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    dist.seed_everything(seed)
+    return build_ecg_encoder(ecg_kind, size)
 
 
 ENCODER_SPEC = "encoder.json"   # in a run's embeddings/: how to rebuild the encoder it embedded with

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ecgcmr.train import StageConfig, load_stage
+from ecgcmr.stages import StageConfig, check_same_stage
+from ecgcmr.train import load_stage
 
 WEIGHTS_ROOT = Path(__file__).parent / "weights"
 CARD = "card.json"
@@ -55,13 +56,9 @@ def shipped_checkpoint(cfg: StageConfig, profile: str) -> Path | None:
     entry = card(profile)["files"].get(file_name(cfg))
     if entry is None:
         return None
-    if entry["config"] != cfg.to_json():
-        differ = sorted(k for k in {*entry["config"], *cfg.to_json()}
-                        if entry["config"].get(k) != cfg.to_json().get(k))
-        raise ValueError(f"the shipped {cfg.stage} weights of profile {profile!r} were trained "
-                         f"with another configuration (differs in: {', '.join(differ)}); use "
-                         "the profile's defaults with seed 0, or use_pretrained=False")
     path = WEIGHTS_ROOT / profile / entry["file"]
+    check_same_stage(entry["config"], cfg, f"the shipped weights {path.name} of profile "
+                     f"{profile!r} (use the profile's defaults, or use_pretrained=False)")
     if sha256(path) != entry["sha256"]:
         raise ValueError(f"{path} does not match its sha256 in {CARD}: the file is damaged")
     return path

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from ecgcmr.constants import PHENOTYPES
-from ecgcmr.evaluate.ceilings import CEILINGS_FOLDER, CeilingFile, ceiling_files, committed_ceilings
+from ecgcmr.synth.ceilings import CEILINGS_FOLDER, CeilingFile, ceiling_files, committed_ceilings
 
 CONTROLS_FOLDER = Path("results") / "controls"
 _BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
@@ -56,7 +56,7 @@ def render_ceilings(root: Path) -> str:
 def render_controls(root: Path) -> str:
     """``dual − ed`` and ``dual − es`` (R², paired, across seeds) in each world of the committed
     control runs, beside the idealised readouts' gain in that world."""
-    from ecgcmr.evaluate.controls import control_differences
+    from ecgcmr.synth.controls import control_differences
 
     folder = root / CONTROLS_FOLDER
     if not folder.is_dir() or not any(folder.iterdir()):
@@ -164,8 +164,8 @@ def control_figure(root: Path) -> Path | None:
     """``figures/control_dual_phase.png`` from the committed control runs and the ceilings of
     each world (the figure notebook 05 draws for a control grid); None without control runs.
     The figure's title names the results' commit."""
-    from ecgcmr.evaluate.controls import control_differences, plot_control
     from ecgcmr.plots import save_figure
+    from ecgcmr.synth.controls import control_differences, plot_control
 
     folder = root / CONTROLS_FOLDER
     if not folder.is_dir() or not any(folder.iterdir()):
@@ -178,7 +178,7 @@ def control_figure(root: Path) -> Path | None:
             ceilings.append(found.assign(systolic_coupling=coupling))
     fig = plot_control(table, pd.concat(ceilings) if ceilings else None)
     commits = sorted({_last_commit(f) for f in folder.glob("*/tables/03_predictions.csv")})
-    from ecgcmr.evaluate.controls import run_parameters
+    from ecgcmr.synth.controls import run_parameters
 
     profiles = sorted(set(run_parameters(folder, ("profile",))["profile"].dropna()))
     fig.suptitle(f"dual-phase controls, {'/'.join(profiles)} profile (results commit "

@@ -2,7 +2,8 @@
 
 A run folder ``runs/<name>/`` holds one execution of the notebook series: the executed
 notebooks, ``params.yaml``, ``provenance.json`` (git SHA, package versions, device, seeds),
-``environment.txt`` (pip freeze), figures and tidy metric tables. Runs never overwrite each
+``environment.txt`` (pip freeze), ``cache.json`` (the preprocessing cache its notebook 01
+built, which 02-04 read), figures and tidy metric tables. Runs never overwrite each
 other: a notebook that already finished in a run folder is skipped, not re-executed, and
 a new run gets a new folder.
 """
@@ -22,42 +23,29 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from ecgcmr.constants import DEFAULT_SYSTOLIC_COUPLING
+from ecgcmr.files import project_root, resolve
+
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ecgcmr.data.cache import Cache, CacheSpec
+
 #: Set this to the project checkout when running notebooks from elsewhere.
-HOME_ENV = "ECGCMR_HOME"
+#: Where cohorts, caches and stage checkpoints live (relative to the project root).
+DATA_DIR = "data"
+#: In a run folder: the preprocessing cache its notebook 01 built (what 02-04 read).
+RUN_CACHE = "cache.json"
 _KEY_PACKAGES = ("ecgcmr", "torch", "numpy", "scipy", "pandas", "nibabel", "wfdb",
                  "scikit-learn", "statsmodels", "papermill")
 
 
-def project_root() -> Path:
-    """The checkout's root: ``$ECGCMR_HOME`` or the nearest parent with ``pyproject.toml``.
-
-    Notebooks resolve ``data/`` and ``runs/`` against this, so they work whether they are run
-    by papermill from the root or opened in Jupyter from ``notebooks/``.
-    """
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).resolve()
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "ecgcmr").is_dir():
-            return folder
-    return here
-
-
-def resolve(path: str | Path) -> Path:
-    """A user path: absolute as given, relative ones against :func:`project_root`."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else project_root() / path
-
-
 def synthetic_cohort_dir(data_dir: str | Path, profile: str, n_subjects: int, seed: int,
-                         systolic_coupling: float = 1.0) -> Path:
+                         systolic_coupling: float = DEFAULT_SYSTOLIC_COUPLING) -> Path:
     """Where a synthetic cohort lives; shared by every run that uses the same cohort. A
     control world (``systolic_coupling`` other than the default 1) gets its own folder."""
     name = f"{profile}-n{n_subjects}-seed{seed}"
-    if systolic_coupling != 1.0:
+    if systolic_coupling != DEFAULT_SYSTOLIC_COUPLING:
         name += f"-coupling{systolic_coupling:g}"
     return resolve(data_dir) / "synthetic" / name
 
@@ -156,31 +144,25 @@ def run_series(
     """Execute the notebooks in order into ``run_dir`` with papermill.
 
     Each notebook gets the parameters it declares (papermill's ``parameters`` cell) from
-    ``params``, plus ``run_dir``. A notebook that already finished in this folder is skipped;
-    a failing one keeps its executed copy (with the error) and stops the series, since later
-    notebooks depend on it. Returns ``{notebook: "done" | "skipped" | "failed"}``.
+    ``params`` (checked and typed by :func:`check_params`), plus ``run_dir``. A notebook that
+    already finished in this folder is skipped; a failing one keeps its executed copy (with
+    the error) and stops the series, since later notebooks depend on it. Returns
+    ``{notebook: "done" | "skipped" | "failed"}``.
     """
     import papermill as pm  # heavy import; only the driver needs it
 
+    notebooks = list(notebooks) if notebooks is not None else notebook_series()
+    params = check_params(params, parameter_types(notebooks))
     run = new_run_dir(str(run_dir))
     status_file = run / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
-    notebooks = list(notebooks) if notebooks is not None else notebook_series()
-    # a parameter is known if any notebook of the series declares it (one --set serves all)
-    inspected = {nb.name: pm.inspect_notebook(str(nb)) for nb in {*notebooks, *notebook_series()}}
-    declared = {name: set(info) for name, info in inspected.items()}
-    unknown = set(params) - set().union(*declared.values())
-    if unknown:
-        raise ValueError(f"no notebook declares the parameter(s) {sorted(unknown)}")
-    params = coerce_flags(params, {k: v["default"] for info in inspected.values()
-                                   for k, v in info.items()})
     result: dict[str, str] = {}
     for nb in notebooks:
         if status.get(nb.name) == "done":
             result[nb.name] = "skipped"
             continue
-        wanted = {k: v for k, v in {**params, "run_dir": str(run)}.items()
-                  if k in declared[nb.name]}
+        declared = pm.inspect_notebook(str(nb))
+        wanted = {k: v for k, v in {**params, "run_dir": str(run)}.items() if k in declared}
         write_run_info(run, wanted, nb.name)
         try:
             pm.execute_notebook(str(nb), str(run / nb.name), parameters=wanted,
@@ -196,22 +178,62 @@ def run_series(
     return result
 
 
+def parameter_types(notebooks: Sequence[Path] = ()) -> dict[str, str]:
+    """``{parameter: type}`` of every parameter the notebook series (and ``notebooks``)
+    declares, as its ``parameters`` cell annotates it (``name: type = value  # help``, what
+    papermill reads): ``str``, ``int``, ``float``, ``bool`` or ``Optional[...]`` of one."""
+    import papermill as pm
+
+    types: dict[str, str] = {}
+    for nb in sorted({*notebook_series(), *notebooks}):
+        for name, info in pm.inspect_notebook(str(nb)).items():
+            types.setdefault(name, info["inferred_type_name"])
+    return types
+
+
 _TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
 
 
-def coerce_flags(params: dict[str, object], defaults: dict[str, str]) -> dict[str, object]:
-    """Parameters whose notebook default is ``True``/``False`` become booleans: from the
+def check_params(params: Mapping[str, object],
+                 types: Mapping[str, str] | None = None) -> dict[str, object]:
+    """``params`` as the notebooks declare them (``types``: :func:`parameter_types`).
+
+    A name no notebook declares is refused (one ``--set`` serves every notebook that declares
+    it). Each value becomes its parameter's type (each value of a list, a grid axis): from the
     command line ``use_pretrained=false`` arrives as the string "false", which a notebook's
-    ``if use_pretrained:`` would take as true. Anything that is not a yes/no is refused."""
-    out = dict(params)
-    for key, value in params.items():
-        if defaults.get(key) not in ("True", "False") or isinstance(value, bool):
-            continue
+    ``if use_pretrained:`` would take as true; an ``int`` is a ``float`` where one is
+    declared. ``None`` is accepted by an ``Optional`` parameter (its "not set": the profile's
+    value) and by no other; any other value of the wrong type is a ``ValueError`` naming the
+    parameter.
+    """
+    types = parameter_types() if types is None else types
+    unknown = set(params) - set(types)
+    if unknown:
+        raise ValueError(f"no notebook declares the parameter(s) {sorted(unknown)}")
+    return {key: [_typed(key, v, types[key]) for v in value] if isinstance(value, list)
+            else _typed(key, value, types[key]) for key, value in params.items()}
+
+
+def _typed(key: str, value: object, declared: str) -> object:
+    kind = declared.removeprefix("Optional[").removesuffix("]")
+    if kind not in ("bool", "int", "float", "str"):   # papermill could not type it: as given
+        return value
+    if value is None:
+        if kind == declared:
+            raise ValueError(f"parameter {key} ({declared}) cannot be None")
+        return None
+    if kind == "bool":
         text = str(value).strip().lower()
         if text not in _TRUE | _FALSE:
             raise ValueError(f"parameter {key} is a yes/no flag (True or False), got {value!r}")
-        out[key] = text in _TRUE
-    return out
+        return text in _TRUE
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind == "str" and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)   # e.g. --set run_dir=2024 names a folder
+    raise ValueError(f"parameter {key} is {declared}, got {value!r}")
 
 
 def _render_report(folder: Path, grid: bool = False) -> None:
@@ -228,31 +250,30 @@ def _render_report(folder: Path, grid: bool = False) -> None:
 
 
 def locate_manifest(
-    manifest: str,
+    manifest: str | Path | None,
     *,
     profile: str,
-    n_subjects: int = 0,
+    n_subjects: int | None = None,
     cohort_seed: int = 0,
-    data_dir: str | Path = "data",
+    data_dir: str | Path = DATA_DIR,
     generate: bool = False,
     workers: int = 1,
-    systolic_coupling: float = 1.0,
+    systolic_coupling: float = DEFAULT_SYSTOLIC_COUPLING,
 ) -> Path:
     """The manifest a notebook works on.
 
-    ``manifest`` set: the user's own (real data). Empty: the synthetic cohort of this profile,
-    size, seed and systolic coupling (the controls' knob, ``ecgcmr.synth.physiology``),
-    generated (or finished) here when ``generate`` is true, else it must exist already and the
-    error says which command makes it.
+    ``manifest`` set: the user's own (real data). None: the synthetic cohort of this profile,
+    size (None: the profile's), seed and systolic coupling (the controls' knob,
+    ``ecgcmr.synth.physiology``), generated (or finished) here when ``generate`` is true, else
+    it must exist already and the error says which command makes it.
     """
-    from ecgcmr.config import get_profile
     from ecgcmr.errors import DataError
-    from ecgcmr.synth.cohort import generate_cohort
+    from ecgcmr.synth.cohort import cohort_spec, generate_cohort
 
-    if manifest:
+    if manifest is not None:
         return resolve(manifest)
-    spec = get_profile(profile).cohort_spec(seed=cohort_seed, n_subjects=n_subjects or None,
-                                            systolic_coupling=systolic_coupling)
+    spec = cohort_spec(profile, seed=cohort_seed, n_subjects=n_subjects,
+                       systolic_coupling=systolic_coupling)
     folder = synthetic_cohort_dir(data_dir, profile, spec.n_subjects, spec.seed,
                                   spec.systolic_coupling)
     if generate:
@@ -260,7 +281,7 @@ def locate_manifest(
     path = folder / "manifest.csv"
     if not path.is_file():
         coupling = (f" --systolic-coupling {systolic_coupling:g}"
-                    if systolic_coupling != 1.0 else "")
+                    if systolic_coupling != DEFAULT_SYSTOLIC_COUPLING else "")
         raise DataError(
             "the synthetic cohort has not been generated yet; run notebook 00_cohort or "
             f"`ecgcmr synth --profile {profile} --n {spec.n_subjects} --seed {spec.seed}"
@@ -269,7 +290,7 @@ def locate_manifest(
 
 
 def cache_dir_for(manifest_path: str | Path, spec_json: Mapping[str, object],
-                  data_dir: str | Path = "data") -> Path:
+                  data_dir: str | Path = DATA_DIR) -> Path:
     """A cache folder keyed by the manifest and the preprocessing settings.
 
     Changing the notch frequency or the grid makes a new cache rather than mixing two.
@@ -282,14 +303,33 @@ def cache_dir_for(manifest_path: str | Path, spec_json: Mapping[str, object],
     return resolve(data_dir) / "cache" / f"{manifest_path.parent.name}-{digest}"
 
 
-def locate_cache(manifest_path: str | Path, spec: object, data_dir: str | Path = "data"):
-    """Open the preprocessing cache notebook 01 built for this manifest and settings; it must
-    match the manifest as it is now (:func:`ecgcmr.data.cache.check_matches`)."""
+def record_cache(run_dir: str | Path, manifest_path: str | Path, cache_dir: str | Path) -> None:
+    """Note in the run folder (``cache.json``) the cache notebook 01 built for its manifest,
+    so notebooks 02-04 of the run read it without repeating its settings (``notch_hz``)."""
+    record = {"manifest": str(Path(manifest_path).resolve()),
+              "cache": str(Path(cache_dir).resolve())}
+    (Path(run_dir) / RUN_CACHE).write_text(json.dumps(record, indent=2))
+
+
+def locate_cache(manifest_path: str | Path, spec: CacheSpec, data_dir: str | Path = DATA_DIR,
+                 *, run_dir: str | Path | None = None) -> Cache:
+    """Open the preprocessing cache of this manifest; it must match the manifest as it is now
+    (:func:`ecgcmr.data.cache.check_matches`).
+
+    With ``run_dir``: the cache notebook 01 built in that run folder (:func:`record_cache`),
+    whatever its settings. ``spec`` is the cache's settings without one: the CLI's, or a run
+    folder 01 did not run in (notebook 02 run on its own, a run from before the record).
+    """
     from ecgcmr.data.cache import open_cache
     from ecgcmr.data.manifest import read_manifest
     from ecgcmr.errors import DataError
 
     folder = cache_dir_for(manifest_path, spec.to_json(), data_dir)
+    record = Path(run_dir) / RUN_CACHE if run_dir is not None else None
+    if record is not None and record.is_file():
+        built = json.loads(record.read_text())
+        if built["manifest"] == str(Path(manifest_path).resolve()):
+            folder = Path(built["cache"])
     if not (folder / "index.csv").is_file():
         raise DataError("the preprocessing cache is missing; run notebook 01_preprocessing "
                         f"or `ecgcmr preprocess --manifest {manifest_path} --cache-dir {folder}`",
@@ -324,37 +364,39 @@ def run_grid(
 
     The first cell runs alone so the artifacts every cell shares (cohort, cache, and the
     stage-A/B checkpoints of its seed) are built once; the rest run ``jobs`` at a time, each in
-    its own process (``ecgcmr reproduce`` on one cell). A finished cell is skipped; a failing
-    cell keeps its executed notebook with the error and does not stop the others. Ends by
-    writing ``grid_dir/summary.csv`` (mean ± sd over seeds of every tidy metric table).
+    a process of its own (:func:`run_series`, its output in ``grid_dir/<cell>.log``). A
+    finished cell is skipped; a failing cell keeps its executed notebook with the error and
+    does not stop the others. Ends by writing ``grid_dir/summary.csv`` (mean ± sd over seeds
+    of every tidy metric table).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     grid = Path(resolve(grid_dir))
-    grid.mkdir(parents=True, exist_ok=True)
+    check_params(params)   # a bad parameter is refused here, not once per cell
     keys = [k for k, v in params.items() if isinstance(v, list)]
     cells = expand_grid(params)
-    base = [sys.executable, "-m", "ecgcmr", "reproduce", "--until", until]
+    grid.mkdir(parents=True, exist_ok=True)
     wanted = [nb.name for nb in notebook_series(until=until)]
 
-    def run_cell(cell: dict[str, object]) -> tuple[str, str]:
-        name = cell_name(cell, keys)
+    def finished(name: str) -> bool:
         status_file = grid / name / "status.json"
-        if status_file.is_file():
-            status = json.loads(status_file.read_text())
-            if all(status.get(nb) == "done" for nb in wanted):
-                return name, "skipped"
-        sets = [f"--set={k}={v}" for k, v in cell.items() if k != "profile"]
-        argv = [*base, "--profile", str(cell.get("profile", "teaching")),
-                "--run-dir", str(grid / name), *sets]
-        with open(grid / f"{name}.log", "w") as log:
-            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False,
-                                cwd=project_root()).returncode
-        return name, "done" if rc == 0 else "failed"
+        status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+        return all(status.get(nb) == "done" for nb in wanted)
 
-    results = dict([run_cell(cells[0])])
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results.update(pool.map(run_cell, cells[1:]))
+    names = [cell_name(cell, keys) for cell in cells]
+    results = {name: "skipped" for name in names if finished(name)}
+    todo = [(grid / name, cell, until) for name, cell in zip(names, cells, strict=True)
+            if name not in results]
+    alone = todo[:1] if names[0] not in results else []
+    # spawn, not fork: each worker a fresh interpreter, as a command of its own would be
+    with ProcessPoolExecutor(max_workers=max(1, jobs),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        states = [pool.submit(_run_cell, *cell).result() for cell in alone]
+        if todo[len(alone):]:
+            states += pool.map(_run_cell, *zip(*todo[len(alone):], strict=True))
+    results.update(zip((run.name for run, _, _ in todo), states, strict=True))
+    results = {name: results[name] for name in names}
     (grid / "grid.json").write_text(json.dumps({"params": {k: _plain(v) if not isinstance(
         v, list) else [_plain(x) for x in v] for k, v in params.items()},
         "cells": results}, indent=2))
@@ -363,6 +405,34 @@ def run_grid(
         _overview(grid, params, keys)
     _render_report(grid, grid=True)
     return results
+
+
+def _run_cell(run_dir: Path, params: dict[str, object], until: str) -> str:
+    """One grid cell in this (pool) process: the series into ``run_dir``, everything printed
+    on the way, the notebook kernels' output too, into ``<run_dir>.log``; "done" or "failed"."""
+    import traceback
+
+    with open(run_dir.with_name(f"{run_dir.name}.log"), "w") as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            print(f"run folder: {run_dir}")
+            result = run_series(run_dir, params, notebook_series(until=until))
+            for name, state in result.items():
+                print(f"  {name}: {state}")
+            return "failed" if "failed" in result.values() else "done"
+        except Exception:  # noqa: BLE001 - a failing cell must not stop the others
+            traceback.print_exc()
+            return "failed"
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def _overview(grid: Path, params: Mapping[str, object], keys: Sequence[str]) -> None:

@@ -30,7 +30,7 @@ import os
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,21 +41,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ecgcmr import distributed as dist
-from ecgcmr.constants import PHENOTYPES
-from ecgcmr.data.dataset import CMR_AUGMENTS, Augment
 from ecgcmr.losses import (
-    MAE_LOSSES,
-    METHOD_WEIGHTS,
     Temperature,
     dual_phase_loss,
     mae_loss,
     masked_mse,
-    phases_of,
     public_mae_loss,
     retrieval_accuracy,
 )
+from ecgcmr.methods import get_method
 from ecgcmr.models import (
-    CMR_TRAINABLE,
     CmrEncoder,
     EcgMAE,
     ProjectionHead,
@@ -64,116 +59,7 @@ from ecgcmr.models import (
     build_ecg_encoder,
 )
 from ecgcmr.models.ecg_vit import Block
-
-STAGES: tuple[str, ...] = ("cmr", "ecg", "align")
-# StageConfig fields added after stage identities were in use (shipped teaching weights, stage
-# folders keyed by the config's hash), with the value that reproduces the behaviour before
-# them: to_json() leaves a field out while it holds that value, so the identity of every
-# configuration from before stays byte-identical (tests/test_public_recipe.py).
-_ADDED_FIELDS: dict[str, object] = {"mae_loss": "masked_mse", "cmr_trainable": "last_stage"}
-
-
-# --------------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimiser and schedule; defaults are the paper's (DESIGN §5)."""
-
-    epochs: int = 100
-    warmup_epochs: int = 40           # linear warm-up, then half-cycle cosine to min_lr
-    batch_size: int = 64              # global batch (split across DDP ranks)
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.005       # not applied to biases and norm parameters
-    patience: int = 15                # early stopping on validation loss (epochs)
-    max_steps_per_epoch: int = 0      # 0: whole epoch; >0 caps it (smoke runs)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 1 and batch_size >= 2 (contrastive batches)")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError("warmup_epochs must be within [0, epochs]")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError("need 0 <= min_lr <= lr and lr > 0")
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    """What one pretraining stage trains. Saved as JSON next to and inside its checkpoints."""
-
-    stage: str                                # "cmr" (A) | "ecg" (B) | "align" (C)
-    size: str = "tiny"                        # model presets: tiny | teaching | paper
-    seed: int = 0
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: bool = True                      # training-time augmentation (never on val)
-    # how CMR volumes are augmented (ecgcmr.data.dataset.CMR_AUGMENTS); "" = the stage's
-    # default: "random" (intensity, noise, shift) in stage A, "flip" in stage C (the public
-    # code's only CMR transform there; README, Pretraining, compares the three)
-    cmr_augment: str = ""
-    # stage A
-    phase: str = "ed"                         # which phase's CMR encoder
-    targets: tuple[str, ...] = PHENOTYPES     # regressed phenotypes
-    # stage B
-    mask_ratio: float = 0.7
-    norm_pix_loss: bool = False               # per-patch normalised MAE targets
-    # "masked_mse": MSE on the masked patches (He et al. 2022; ecgcmr.losses.mae_loss);
-    # "public": the authors' public MAE, 0.9·MSE(all patches) + 0.1·(1 - NCC)
-    # (ecgcmr.losses.public_mae_loss; the paper profile's)
-    mae_loss: str = "masked_mse"
-    # stage C
-    method: str = "dual"                      # dual | ed | es
-    ecg_encoder: str = "vit"                  # vit | cnn (cnn: no MAE initialisation)
-    proj_dim: int = 128
-    temperature: float = 0.07
-    learn_temperature: bool = False
-    # what trains of each frozen CMR encoder (CmrEncoder.trainable_in_stage_c): "last_stage"
-    # (last residual stage, slice layer, output layer) or "fc" (the output layer only: the
-    # public code's models_cmr.py; the paper profile's)
-    cmr_trainable: str = "last_stage"
-
-    def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        if self.phase not in ("ed", "es"):
-            raise ValueError(f"phase must be 'ed' or 'es', got {self.phase!r}")
-        if self.method not in METHOD_WEIGHTS:
-            raise ValueError(f"method must be one of {sorted(METHOD_WEIGHTS)}, got {self.method!r}")
-        if not 0 < self.mask_ratio < 1:
-            raise ValueError("mask_ratio must be in (0, 1)")
-        if self.stage == "ecg" and self.ecg_encoder != "vit":
-            raise ValueError("the masked autoencoder (stage B) needs ecg_encoder='vit'")
-        if self.mae_loss not in MAE_LOSSES:
-            raise ValueError(f"mae_loss must be one of {MAE_LOSSES}, got {self.mae_loss!r}")
-        if self.cmr_trainable not in CMR_TRAINABLE:
-            raise ValueError(f"cmr_trainable must be one of {CMR_TRAINABLE}, "
-                             f"got {self.cmr_trainable!r}")
-        if not self.cmr_augment:   # resolved here, so configs and checkpoints say what ran
-            object.__setattr__(self, "cmr_augment", "flip" if self.stage == "align" else "random")
-        if self.cmr_augment not in CMR_AUGMENTS:
-            raise ValueError(f"cmr_augment must be one of {CMR_AUGMENTS}, "
-                             f"got {self.cmr_augment!r}")
-
-    def augmentation(self) -> Augment | None:
-        """The training-time transform of this stage (None when ``augment`` is off)."""
-        return Augment(cmr_augment=self.cmr_augment) if self.augment else None
-
-    def to_json(self) -> dict[str, object]:
-        """The configuration as JSON: what identifies the stage (checkpoints, stage folders,
-        shipped weights). Fields of ``_ADDED_FIELDS`` holding their old behaviour are left
-        out (``from_json`` restores them from the defaults)."""
-        data = json.loads(json.dumps(asdict(self)))
-        for name, before in _ADDED_FIELDS.items():
-            if data[name] == before:
-                del data[name]
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> StageConfig:
-        data = dict(data)
-        optim = OptimConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in data.pop("optim").items()})
-        return cls(optim=optim, **{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in data.items()})
+from ecgcmr.stages import OptimConfig, StageConfig, check_same_stage
 
 
 # --------------------------------------------------------------------------- tasks
@@ -188,9 +74,6 @@ class Task(nn.Module):
 
     def set_train_mode(self) -> None:
         self.train()
-
-    def after_step(self) -> None:
-        """Called after each optimiser step (e.g. to clamp a learnable temperature)."""
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable, device: torch.device) -> dict[str, float]:
@@ -234,7 +117,7 @@ class EcgMaeTask(Task):
 
     def __init__(self, cfg: StageConfig) -> None:
         super().__init__()
-        self.mask_ratio, self.norm_pix = cfg.mask_ratio, cfg.norm_pix_loss
+        self.mask_ratio = cfg.mask_ratio
         self.loss_kind = cfg.mae_loss
         self.mae = EcgMAE(build_ecg_encoder("vit", cfg.size).cfg)
 
@@ -242,21 +125,28 @@ class EcgMaeTask(Task):
         (ecg,) = batch                                        # (B, 12, T)
         pred, target, mask = self.mae(ecg, mask_ratio=self.mask_ratio, generator=generator)
         if self.loss_kind == "public":
-            loss, terms = public_mae_loss(pred.float(), target.float(), self.mae.cfg.n_leads,
-                                          norm_pix=self.norm_pix)
+            loss, terms = public_mae_loss(pred.float(), target.float(), self.mae.cfg.n_leads)
             return loss, {"mae": loss.detach(), **terms}
-        loss = mae_loss(pred.float(), target.float(), mask, norm_pix=self.norm_pix)
+        loss = mae_loss(pred.float(), target.float(), mask)
         return loss, {"mae": loss.detach()}
+
+
+# what stage C's CMR batches hold: "volume", the CMR volumes; "trunk", the frozen trunks'
+# outputs read from ecgcmr.trunk_cache (the same loss, without the frozen convolutions)
+CMR_INPUTS: tuple[str, ...] = ("volume", "trunk")
 
 
 class AlignTask(Task):
     """Stage C: ECG encoder + projection heads aligned with frozen CMR phase encoders."""
 
     def __init__(self, cfg: StageConfig, ecg_encoder: nn.Module,
-                 cmr_encoders: dict[str, CmrEncoder]) -> None:
+                 cmr_encoders: dict[str, CmrEncoder], *, cmr_input: str = "volume") -> None:
         super().__init__()
-        self.weights = METHOD_WEIGHTS[cfg.method]             # (ecg-ed, ecg-es, ed-es)
-        phases = phases_of(cfg.method)
+        if cmr_input not in CMR_INPUTS:
+            raise ValueError(f"cmr_input must be one of {CMR_INPUTS}, got {cmr_input!r}")
+        method = get_method(cfg.method)
+        self.weights = method.loss_weights                    # (ecg-ed, ecg-es, ed-es)
+        phases = method.phases
         self.fields = ("ecg", *(f"cmr_{p}" for p in phases))
         self.ecg = ecg_encoder
         self.cmr = nn.ModuleDict({p: cmr_encoders[p] for p in phases})
@@ -265,18 +155,13 @@ class AlignTask(Task):
         self.proj = nn.ModuleDict({"ecg": ProjectionHead(ecg_encoder.out_dim, cfg.proj_dim)})
         for p in phases:
             self.proj[p] = ProjectionHead(self.cmr[p].out_dim, cfg.proj_dim)
-        self.temperature = Temperature(cfg.temperature, learnable=cfg.learn_temperature)
-        # "volume": batches hold CMR volumes; "trunk": the frozen trunks' outputs, read from
-        # ecgcmr.trunk_cache (same result, without running the frozen convolutions)
-        self.cmr_input = "volume"
+        self.temperature = Temperature(cfg.temperature)
+        self.cmr_input = cmr_input
 
     def set_train_mode(self) -> None:
         # The CMR backbones are frozen: their BatchNorm statistics stay those of stage A.
         self.train()
         self.cmr.eval()
-
-    def after_step(self) -> None:
-        self.temperature.clamp_()
 
     def embed(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Projected embeddings (B, proj_dim) by modality."""
@@ -431,8 +316,8 @@ def loader_options(ds: Dataset, num_workers: int, dev: torch.device) -> dict[str
 
     A persistent worker keeps the copy of the dataset it started with, so ``set_epoch`` in
     the main process never reaches it: an augmented dataset would serve epoch 0's draws in
-    every epoch, and results would depend on the number of workers (they did, until
-    2026-12-05). Such a dataset gets fresh workers each epoch instead.
+    every epoch, and results would depend on the number of workers. Such a dataset gets fresh
+    workers each epoch instead.
     """
     per_epoch = hasattr(ds, "set_epoch") and getattr(ds, "augment", True) is not None
     return {"num_workers": num_workers, "pin_memory": dev.type == "cuda",
@@ -498,11 +383,13 @@ def fit(
            if dist.is_distributed() else task)
     if compile_model:
         compile_blocks(task)
-    per_rank_batch = max(2, opt_cfg.batch_size // dist.world_size())
+    per_rank_batch = _per_rank_batch(opt_cfg.batch_size, dist.world_size())
     sampler = EpochSampler(len(train_ds), cfg.seed, batch_size=per_rank_batch)
     if len(sampler) == 0:
         raise ValueError(f"training split has {len(train_ds)} subjects: fewer than one batch "
                          f"of {per_rank_batch} per rank")
+    if len(val_ds) == 0:   # its loss would read 0, an "improvement" every epoch
+        raise ValueError("the validation split is empty: early stopping and best.pt need it")
     train_loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=sampler,
                               drop_last=True, **loader_options(train_ds, num_workers, dev))
     val_loader = DataLoader(val_ds, batch_size=per_rank_batch, shuffle=False,
@@ -531,9 +418,8 @@ def fit(
     while state["epoch"] < opt_cfg.epochs:
         epoch = state["epoch"]
         sampler.set_epoch(epoch)
-        for ds in (train_ds,):
-            if hasattr(ds, "set_epoch"):
-                ds.set_epoch(epoch)
+        if hasattr(train_ds, "set_epoch"):
+            train_ds.set_epoch(epoch)
         task.set_train_mode()
         bar = tqdm(total=steps_per_epoch, desc=f"{cfg.stage} epoch {epoch + 1}/{opt_cfg.epochs}",
                    disable=not (progress and dist.is_main()), leave=False)
@@ -554,7 +440,6 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            task.after_step()
             state["step"] = step + 1
             # no host-device sync in the step: the loss stays on the device until the next
             # flush, which reads LOG_EVERY steps' values at once
@@ -591,6 +476,15 @@ def fit(
     return FitResult(out_dir=out, best_epoch=state["best_epoch"],
                      best_val_loss=state["best_val_loss"], epochs_run=state["epoch"],
                      stopped_early=stopped_early, history=state["history"])
+
+
+def _per_rank_batch(batch_size: int, world: int) -> int:
+    """The batch of one rank: the global batch split evenly, at least 2 per rank (contrastive
+    negatives, BatchNorm); anything else would silently change the global batch."""
+    if batch_size % world or batch_size // world < 2:
+        raise ValueError(f"batch_size {batch_size} does not split into equal batches of >= 2 "
+                         f"over {world} processes: choose a multiple of {world} >= {2 * world}")
+    return batch_size // world
 
 
 LOG_EVERY = 25   # training steps between reads of the logged losses (one sync per read)
@@ -646,9 +540,7 @@ def _numpy_state() -> list:
 def _load_checkpoint(path: Path, task: Task, optimizer: torch.optim.Optimizer,
                      cfg: StageConfig) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt["config"] != cfg.to_json():
-        raise ValueError(f"{path} was written with another configuration; "
-                         "resume with the same settings or use a new output folder")
+    check_same_stage(ckpt["config"], cfg, str(path))
     task.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"]["torch"])

@@ -27,7 +27,7 @@ from ecgcmr.data.cmr import load_cmr_canonical, load_labels_canonical, read_cmr
 from ecgcmr.data.ecg import load_ecg, qc_ecg, read_ecg
 from ecgcmr.data.manifest import ManifestError
 from ecgcmr.errors import DataError
-from ecgcmr.synth.cohort import generate_cohort
+from ecgcmr.synth.cohort import cohort_spec, generate_cohort
 
 GAIN = 1000.0  # ADC steps per mV (1 µV per step)
 
@@ -238,7 +238,7 @@ CORRUPT_FRACTION = 0.05  # of each modality: 1 of 20 ECGs and 1 of 20 CMR studie
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    spec = get_profile("tiny").cohort_spec(seed=11, n_subjects=COHORT_N)
+    spec = cohort_spec("tiny", seed=11, n_subjects=COHORT_N)
     return generate_cohort(tmp_path_factory.mktemp("cohort20"), spec, progress=False)
 
 

@@ -1,4 +1,4 @@
-"""Information ceilings (ecgcmr.evaluate.ceilings) on a small rendered cohort.
+"""Information ceilings (ecgcmr.synth.ceilings) on a small rendered cohort.
 
 One 150-subject tiny-profile cohort (with CMR, ~10 s) serves every test: the fast path must
 give the same subjects, and each ceiling must equal a direct sklearn computation.
@@ -19,11 +19,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from ecgcmr.config import get_profile
 from ecgcmr.constants import PHENOTYPES
 from ecgcmr.ecg_measurements import FEATURE_NAMES
 from ecgcmr.errors import DataError
-from ecgcmr.evaluate.ceilings import (
+from ecgcmr.evaluate.phenotypes import bootstrap_indices
+from ecgcmr.synth.ceilings import (
     ANATOMY_ES,
     BOOSTING_PARAMS,
     CEILINGS,
@@ -35,8 +35,7 @@ from ecgcmr.evaluate.ceilings import (
     inputs_from_cohort,
     truth_phenotypes,
 )
-from ecgcmr.evaluate.phenotypes import bootstrap_indices
-from ecgcmr.synth.cohort import generate_cohort
+from ecgcmr.synth.cohort import cohort_spec, generate_cohort
 from ecgcmr.synth.ecg import USED_KEYS, simulate_ecg
 from ecgcmr.synth.physiology import sample_state
 
@@ -52,7 +51,7 @@ def _one_openmp_thread():  # noqa: ANN202
 
 @pytest.fixture(scope="module")
 def spec():  # noqa: ANN201
-    return get_profile("tiny").cohort_spec(seed=SEED, n_subjects=N)
+    return cohort_spec("tiny", seed=SEED, n_subjects=N)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +190,7 @@ def test_inputs_from_cohort_reads_every_subject(cohort: CeilingInputs) -> None:
 
 
 def test_fraction_of_ceiling_and_the_committed_table(tmp_path) -> None:  # noqa: ANN001
-    from ecgcmr.evaluate.ceilings import committed_ceilings, fraction_of_ceiling
+    from ecgcmr.synth.ceilings import committed_ceilings, fraction_of_ceiling
 
     ceilings = pd.DataFrame({"target": ["lvef_pct", "lvedv_ml"], "metric": "r2",
                              **{c: [0.5, 0.8] for c in CEILINGS},

@@ -37,6 +37,9 @@ def test_bad_manifest_is_a_message_not_a_traceback(tmp_path: Path) -> None:
 def test_parse_assignments() -> None:
     assert parse_assignments(["seed=1", "notch_hz=60.0", "manifest=a/b.csv", "flag=True"]) == {
         "seed": 1, "notch_hz": 60.0, "manifest": "a/b.csv", "flag": True}
+    # commas make a grid axis, unless the value is quoted: then it is one string
+    assert parse_assignments(["seed=1,2", "method=dual,ed", 'balanced_seeds="0,1,2"']) == {
+        "seed": [1, 2], "method": ["dual", "ed"], "balanced_seeds": "0,1,2"}
     with pytest.raises(SystemExit):
         parse_assignments(["nothing"])
 
@@ -61,14 +64,51 @@ def test_pretrain_and_embed_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert len(pd.read_parquet(out)) == 24
 
 
-def test_yes_no_parameters_from_the_command_line_become_booleans():
-    from ecgcmr.runs import coerce_flags
+def test_parameters_from_the_command_line_get_their_notebook_types():
+    from ecgcmr.runs import check_params
 
-    defaults = {"use_pretrained": "False", "finetune_encoder": "False", "seed": "0"}
+    types = {"use_pretrained": "bool", "finetune_encoder": "bool", "seed": "int",
+             "notch_hz": "Optional[float]", "n_subjects": "Optional[int]",
+             "cmr_augment": "Optional[str]", "run_dir": "str"}
     # "false" typed on the command line must not reach `if use_pretrained:` as a true string
-    params = coerce_flags({"use_pretrained": "false", "finetune_encoder": "Yes", "seed": 3},
-                          defaults)
+    params = check_params({"use_pretrained": "false", "finetune_encoder": "Yes", "seed": 3},
+                          types)
     assert params == {"use_pretrained": False, "finetune_encoder": True, "seed": 3}
-    assert coerce_flags({"use_pretrained": True}, defaults) == {"use_pretrained": True}
+    assert check_params({"use_pretrained": True}, types) == {"use_pretrained": True}
     with pytest.raises(ValueError, match="use_pretrained is a yes/no flag"):
-        coerce_flags({"use_pretrained": "maybe"}, defaults)
+        check_params({"use_pretrained": "maybe"}, types)
+    # None is an optional parameter's "not set"; "none" stays a value (cmr_augment's)
+    assert check_params(parse_assignments(["n_subjects=None", "notch_hz=60", "cmr_augment=none",
+                                           "run_dir=2024"]), types) == {
+        "n_subjects": None, "notch_hz": 60.0, "cmr_augment": "none", "run_dir": "2024"}
+    with pytest.raises(ValueError, match="seed .* cannot be None"):
+        check_params({"seed": None}, types)
+    with pytest.raises(ValueError, match="n_subjects is Optional\\[int\\], got 'many'"):
+        check_params({"n_subjects": "many"}, types)
+    with pytest.raises(ValueError, match="no notebook declares the parameter"):
+        check_params({"no_such_parameter": 1}, types)
+
+
+def test_every_notebook_parameter_can_be_set_from_the_command_line() -> None:
+    """Each parameter's default, as text on the command line, comes back as its own value
+    (and None where it is optional)."""
+    import papermill as pm
+
+    from ecgcmr.runs import check_params, notebook_series, parameter_types
+
+    types = parameter_types()
+    for nb in notebook_series():
+        for name, info in pm.inspect_notebook(str(nb)).items():
+            default = eval(info["default"])   # a literal: the tests of test_notebooks.py
+            assert check_params(parse_assignments([f"{name}={info['default']}"]), types) == {
+                name: default}, (nb.name, name)
+            if types[name].startswith("Optional["):
+                assert check_params(parse_assignments([f"{name}=None"]), types) == {name: None}
+
+
+def test_reproduce_refuses_a_bad_parameter_before_running_anything(tmp_path: Path) -> None:
+    for bad in ("no_such_parameter=1", "seed=many", "seed=1,x"):
+        with pytest.raises(SystemExit, match="ecgcmr: error: .*(no_such_parameter|seed)"):
+            main(["reproduce", "--profile", "tiny", "--run-dir", str(tmp_path / "r"),
+                  "--set", bad])
+    assert not (tmp_path / "r").exists()

@@ -13,11 +13,10 @@ import pandas as pd
 import pytest
 import wfdb
 
-from ecgcmr.config import get_profile
 from ecgcmr.constants import LEADS, PHENOTYPES
 from ecgcmr.data.manifest import read_manifest
 from ecgcmr.errors import DataError
-from ecgcmr.synth.cohort import generate_cohort
+from ecgcmr.synth.cohort import cohort_spec, generate_cohort
 
 
 def test_files_are_in_the_real_formats(tiny_cohort: Path) -> None:
@@ -50,7 +49,7 @@ def test_manifest_holds_measured_phenotypes_and_outcomes(tiny_cohort: Path) -> N
 
 
 def _generate(folder: Path, n: int, workers: int) -> Path:
-    spec = get_profile("tiny").cohort_spec(seed=3, n_subjects=n)
+    spec = cohort_spec("tiny", seed=3, n_subjects=n)
     return generate_cohort(folder, spec, workers=workers, progress=False)
 
 
@@ -88,7 +87,7 @@ def test_a_folder_holding_another_cohort_is_refused(tmp_path: Path) -> None:
 
 def test_different_seeds_differ(tmp_path: Path) -> None:
     a = pd.read_csv(_generate(tmp_path / "a", 3, 1))
-    spec = get_profile("tiny").cohort_spec(seed=4, n_subjects=3)
+    spec = cohort_spec("tiny", seed=4, n_subjects=3)
     b = pd.read_csv(generate_cohort(tmp_path / "b", spec, progress=False))
     assert not np.allclose(a["lvedv_ml"], b["lvedv_ml"])
 
@@ -103,6 +102,6 @@ def test_missing_subject_rows_name_the_subject(tmp_path: Path) -> None:
 
     manifest = _generate(tmp_path, 2, workers=1)
     shutil.rmtree(manifest.parent / ".rows")
-    spec = get_profile("tiny").cohort_spec(seed=3, n_subjects=2)
+    spec = cohort_spec("tiny", seed=3, n_subjects=2)
     with pytest.raises(DataError, match="SYN000000"):
         write_manifest(manifest.parent, spec)

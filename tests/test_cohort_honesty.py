@@ -13,10 +13,9 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ecgcmr.config import get_profile
 from ecgcmr.constants import LABEL_LV_BLOOD, LABEL_LV_MYO, LABEL_RV_BLOOD
 from ecgcmr.ecg_measurements import measure_ecg
-from ecgcmr.synth.cohort import make_subject
+from ecgcmr.synth.cohort import cohort_spec, make_subject
 
 N_SUBJECTS = 300
 TARGETS = ("lvedv_ml", "lvesv_ml", "lvm_g", "rvedv_ml")
@@ -24,7 +23,7 @@ TARGETS = ("lvedv_ml", "lvesv_ml", "lvm_g", "rvedv_ml")
 
 @pytest.fixture(scope="module")
 def cohort_features() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    spec = get_profile("tiny").cohort_spec(seed=11, n_subjects=N_SUBJECTS)
+    spec = cohort_spec("tiny", seed=11, n_subjects=N_SUBJECTS)
     cmr_rows, ecg_rows, targets = [], [], []
     for i in range(N_SUBJECTS):
         s = make_subject(spec, i)

@@ -14,11 +14,10 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
-from ecgcmr.config import get_profile
 from ecgcmr.data import cmr, read_manifest
 from ecgcmr.data.cmr import CmrGrid, load_cmr, load_cmr_canonical, load_labels_canonical
 from ecgcmr.errors import DataError
-from ecgcmr.synth.cohort import generate_cohort
+from ecgcmr.synth.cohort import cohort_spec, generate_cohort
 
 SUBJECT = "C1"
 SHAPE = (12, 64, 64)  # file layout: slices first (the affine's 10 mm axis), then rows, columns
@@ -194,7 +193,7 @@ def test_es_off_the_ed_grid_is_refused(tmp_path: Path, name: str, shape: tuple[i
 
 
 def test_synthetic_cohort_volumes_pass_every_check(tmp_path: Path) -> None:
-    spec = get_profile("tiny").cohort_spec(seed=5, n_subjects=3)
+    spec = cohort_spec("tiny", seed=5, n_subjects=3)
     manifest = read_manifest(generate_cohort(tmp_path, spec, workers=1, progress=False))
     for row in manifest.itertuples():
         ed = load_cmr_canonical(row.cmr_ed_path, subject=row.subject_id)

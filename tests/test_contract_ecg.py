@@ -13,23 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.signal import find_peaks
+from writers.ge_xml import write_ge_xml
 
 from ecgcmr.constants import ECG_FS_HZ, ECG_N_SAMPLES, LEADS
 from ecgcmr.convert.ecg_xml import convert_ge_xml, read_ge_xml
-from ecgcmr.convert.wfdb_out import write_wfdb
 from ecgcmr.data import read_manifest
 from ecgcmr.data.ecg import (
     ECG_FS_MAX_HZ,
     ECG_FS_MIN_HZ,
     SATURATION_RUN_S,
-    _rational_ratio,
     check_ecg_rate,
     load_ecg,
     qc_ecg,
+    rational_ratio,
 )
+from ecgcmr.data.writers import write_wfdb
 from ecgcmr.errors import DataError
 from ecgcmr.synth.ecg import simulate_ecg
-from ecgcmr.synth.ge_xml import write_ge_xml
 from ecgcmr.synth.physiology import sample_state
 
 GAIN = 1000.0  # ADC steps per mV (1 µV per step, as the synthetic cohort)
@@ -92,9 +92,9 @@ def test_rate_bounds_and_resampling_ratio_never_zero() -> None:
     for fs in (ECG_FS_MIN_HZ - 1, ECG_FS_MAX_HZ + 1):
         with pytest.raises(DataError, match="implausible"):
             check_ecg_rate(fs)
-    assert _rational_ratio(FS, ECG_FS_MAX_HZ) == (1, 40)
+    assert rational_ratio(FS, ECG_FS_MAX_HZ) == (1, 40)
     with pytest.raises(DataError, match="too far apart"):
-        _rational_ratio(FS, 3e6)
+        rational_ratio(FS, 3e6)
 
 
 # --- 2. negative ADC gain -----------------------------------------------------------------------
@@ -216,8 +216,9 @@ def test_gigahertz_cardiosoft_sample_rate_is_refused(tmp_path: Path) -> None:
 
 
 def test_megahertz_dicom_sampling_frequency_is_refused(tmp_path: Path) -> None:
+    from writers.dicom_ecg import write_dicom_ecg
+
     from ecgcmr.convert.ecg_dicom import read_dicom_ecg
-    from ecgcmr.synth.dicom_ecg import write_dicom_ecg
 
     dcm = write_dicom_ecg(tmp_path / "fast.dcm", synthetic_ecg(), 200_000.0)
     with pytest.raises(DataError) as info:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ecgcmr.errors import DataError
-from ecgcmr.evaluate.controls import control_differences, plot_control, run_parameters
+from ecgcmr.synth.controls import control_differences, plot_control, run_parameters
 
 N = 60
 

@@ -1,7 +1,7 @@
 """``ecgcmr convert cmr``: any CMR inputs -> ED/ES NIfTI + convert_report.csv; long-axis refusal.
 
-Every input is written on the fly by the project's writers (``ecgcmr.synth.dicom_cmr``,
-``ecgcmr.synth.public_layouts``); nothing is downloaded.
+Every input is written on the fly by the project's writers (``writers.dicom_cmr``,
+``writers.public_layouts``); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -14,6 +14,16 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from writers.dicom_cmr import (
+    RAS_TO_LPS,
+    SyntheticCine,
+    dicom_bytes,
+    sax_cine_datasets,
+    synthetic_sax_cine,
+    write_sax_cine_dicoms,
+    write_zip,
+)
+from writers.public_layouts import Phantom, box_phantom, write_acdc_patient, write_mnms_subject
 
 from ecgcmr.convert.cmr_dicom import (
     SAX_MAX_ANGLE_DEG,
@@ -24,18 +34,8 @@ from ecgcmr.convert.cmr_dicom import (
 )
 from ecgcmr.convert.safe_zip import iter_zip_members
 from ecgcmr.data.cmr import LONG_AXIS_RAS
+from ecgcmr.data.writers import write_nifti
 from ecgcmr.errors import DataError
-from ecgcmr.synth.cohort import _write_nifti
-from ecgcmr.synth.dicom_cmr import (
-    RAS_TO_LPS,
-    SyntheticCine,
-    dicom_bytes,
-    sax_cine_datasets,
-    synthetic_sax_cine,
-    write_sax_cine_dicoms,
-    write_zip,
-)
-from ecgcmr.synth.public_layouts import Phantom, box_phantom, write_acdc_patient, write_mnms_subject
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +190,9 @@ def mixed(tmp_path_factory: pytest.TempPathFactory, small: SyntheticCine, box: P
                        box.ed_index + 1, box.es_index + 1)
     write_mnms_subject(root / "mnms", "A1B2C3", box.cine, box.labels, box.affine,
                        box.ed_index, box.es_index, csv_path=root / "mnms" / "info.csv")
-    _write_nifti(root, "cine.nii.gz", small.image, small.affine)
-    _write_nifti(root, "labelled.nii.gz", small.image, small.affine)
-    _write_nifti(root, "labelled_seg.nii.gz", small.labels, small.affine)
+    write_nifti(root, "cine.nii.gz", small.image, small.affine)
+    write_nifti(root, "labelled.nii.gz", small.image, small.affine)
+    write_nifti(root, "labelled_seg.nii.gz", small.labels, small.affine)
     (root / "labelled.json").write_text(json.dumps({"ED": 1}))
     (root / "notes.txt").write_text("scanner log\n")
     return root
@@ -291,12 +291,12 @@ def test_bad_nifti_inputs_are_reported_and_leave_nothing(tmp_path: Path,
 
     src = tmp_path / "in"
     src.mkdir()
-    _write_nifti(src, "ed_only.nii.gz", small.image[..., 0], small.affine)       # 3D
-    _write_nifti(src, "one_slice.nii.gz", small.image[:, :, :1], small.affine)   # 1 slice
-    _write_nifti(src, "sub_LA_CINE.nii.gz", small.image, small.affine)           # named LAX
-    _write_nifti(src, "same.nii.gz", small.image, small.affine)
+    write_nifti(src, "ed_only.nii.gz", small.image[..., 0], small.affine)       # 3D
+    write_nifti(src, "one_slice.nii.gz", small.image[:, :, :1], small.affine)   # 1 slice
+    write_nifti(src, "sub_LA_CINE.nii.gz", small.image, small.affine)           # named LAX
+    write_nifti(src, "same.nii.gz", small.image, small.affine)
     (src / "same.json").write_text(json.dumps({"ED": 3, "ES": 3}))
-    _write_nifti(src, "orphan_gt.nii.gz", small.labels, small.affine)
+    write_nifti(src, "orphan_gt.nii.gz", small.labels, small.affine)
     (src / "broken.nii.gz").write_bytes(b"\x1f\x8b not really")
     report = convert_cmrs([src, tmp_path / "missing.zip"], tmp_path / "out", progress=False)
     reasons = {Path(r.input).name: r.reason for r in report.itertuples()}

@@ -1,6 +1,6 @@
 """SAX cine DICOM (zip/folder) -> ED/ES NIfTI: geometry, frame choice, malformed input.
 
-Inputs are synthetic cines (``ecgcmr.synth.dicom_cmr``) written as DICOM in ``tmp_path``.
+Inputs are synthetic cines (``writers.dicom_cmr``) written as DICOM in ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 from pydicom.uid import generate_uid
+from writers.dicom_cmr import (
+    SyntheticCine,
+    dicom_bytes,
+    oblique_affine,
+    sax_cine_datasets,
+    synthetic_sax_cine,
+    write_sax_cine_dicoms,
+    write_zip,
+)
 
 from ecgcmr.convert.cmr_dicom import (
     choose_ed_es,
@@ -23,17 +32,8 @@ from ecgcmr.convert.cmr_dicom import (
 )
 from ecgcmr.convert.safe_zip import iter_zip_members
 from ecgcmr.data.cmr import load_cmr_canonical, load_labels_canonical, read_cmr, read_labels
+from ecgcmr.data.writers import write_nifti
 from ecgcmr.errors import DataError
-from ecgcmr.synth.cohort import _write_nifti
-from ecgcmr.synth.dicom_cmr import (
-    SyntheticCine,
-    dicom_bytes,
-    oblique_affine,
-    sax_cine_datasets,
-    synthetic_sax_cine,
-    write_sax_cine_dicoms,
-    write_zip,
-)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_convert_zip_writes_ed_es_that_the_loader_reads_in_place(tmp_path: Path,
     assert int(header["qform_code"]) == 1 and int(header["sform_code"]) == 1
 
     # the canonical loader sees the same volume as for the truth written directly
-    _write_nifti(tmp_path, "truth_ed.nii.gz", cine.image[..., 0], cine.affine)
+    write_nifti(tmp_path, "truth_ed.nii.gz", cine.image[..., 0], cine.affine)
     truth = load_cmr_canonical(tmp_path / "truth_ed.nii.gz")
     converted = load_cmr_canonical(result.ed)
     np.testing.assert_array_equal(converted.array, truth.array)

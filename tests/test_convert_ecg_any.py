@@ -16,19 +16,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.io import loadmat
+from writers.cinc_mat import write_cinc_mat
+from writers.dicom_ecg import write_dicom_ecg
+from writers.ge_xml import write_ge_xml
+from writers.muse_xml import write_muse_xml
 
 from ecgcmr.cli import main
 from ecgcmr.constants import LEADS
 from ecgcmr.convert.batch import REPORT_COLUMNS, REPORT_NAME
 from ecgcmr.convert.ecg_any import convert_ecgs
-from ecgcmr.convert.wfdb_out import write_wfdb
 from ecgcmr.data.ecg import load_ecg, read_ecg, record_signal_files
+from ecgcmr.data.writers import write_wfdb
 from ecgcmr.errors import DataError
-from ecgcmr.synth.cinc_mat import write_cinc_mat
-from ecgcmr.synth.dicom_ecg import write_dicom_ecg
 from ecgcmr.synth.ecg import simulate_ecg
-from ecgcmr.synth.ge_xml import write_ge_xml
-from ecgcmr.synth.muse_xml import write_muse_xml
 from ecgcmr.synth.physiology import sample_state
 
 EINTHOVEN_RMS_MV = 0.005  # 5 µV

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from writers.ge_xml import write_ge_xml
 
 from ecgcmr.constants import LEADS
 from ecgcmr.convert.ecg_xml import (
@@ -21,11 +22,10 @@ from ecgcmr.convert.ecg_xml import (
     convert_ge_xml_many,
     read_ge_xml,
 )
-from ecgcmr.convert.wfdb_out import write_wfdb
 from ecgcmr.data.ecg import load_ecg, read_ecg
+from ecgcmr.data.writers import write_wfdb
 from ecgcmr.errors import DataError
 from ecgcmr.synth.ecg import simulate_ecg
-from ecgcmr.synth.ge_xml import write_ge_xml
 from ecgcmr.synth.physiology import sample_state
 
 MEASURED = {"hr_bpm": 64.0, "pr_ms": 158.0, "qrs_ms": 92.0, "qt_ms": 402.0, "qtc_ms": 417.0,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from writers.muse_xml import write_muse_xml
 
 from ecgcmr.constants import LEADS
 from ecgcmr.convert import safe_xml
@@ -20,7 +21,6 @@ from ecgcmr.convert.muse_xml import convert_muse_xml, read_muse_xml
 from ecgcmr.data.ecg import load_ecg, read_ecg
 from ecgcmr.errors import DataError
 from ecgcmr.synth.ecg import simulate_ecg
-from ecgcmr.synth.muse_xml import write_muse_xml
 from ecgcmr.synth.physiology import sample_state
 
 

@@ -1,6 +1,6 @@
 """ACDC and M&Ms layouts -> ED/ES NIfTI in our label convention, phenotypes, CMR-only manifest.
 
-Inputs are box phantoms (``ecgcmr.synth.public_layouts``) whose label volumes are known in
+Inputs are box phantoms (``writers.public_layouts``) whose label volumes are known in
 closed form, written in each collection's layout in ``tmp_path``.
 """
 
@@ -12,17 +12,17 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
-from ecgcmr.constants import LABEL_LV_BLOOD, LABEL_LV_MYO, LABEL_RV_BLOOD, PHENOTYPES
-from ecgcmr.convert.public_cmr import convert_acdc, convert_mnms
-from ecgcmr.data.manifest import ManifestError, read_manifest
-from ecgcmr.errors import DataError
-from ecgcmr.synth.public_layouts import (
+from writers.public_layouts import (
     Phantom,
     box_phantom,
     write_acdc_patient,
     write_mnms_subject,
 )
+
+from ecgcmr.constants import LABEL_LV_BLOOD, LABEL_LV_MYO, LABEL_RV_BLOOD, PHENOTYPES
+from ecgcmr.convert.public_cmr import convert_acdc, convert_mnms
+from ecgcmr.data.manifest import ManifestError, read_manifest
+from ecgcmr.errors import DataError
 
 PID, CODE = "patient001", "A0S9V9"
 

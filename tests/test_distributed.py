@@ -24,7 +24,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from ecgcmr import distributed as ddp
-from ecgcmr.losses import METHOD_WEIGHTS, Temperature, dual_phase_loss, info_nce
+from ecgcmr.losses import Temperature, dual_phase_loss, info_nce
+from ecgcmr.methods import METHODS
 
 WORLD = 2
 N_GLOBAL = 8            # even split: rows 0-3 on rank 0, 4-7 on rank 1
@@ -32,7 +33,6 @@ UNEVEN = (5, 3)         # uneven split of the same 8 rows
 DIM, D_IN = 5, 6
 TAU = 0.15
 LR, STEPS = 0.5, 3
-VARIANTS = (False, True)  # local_rows
 
 
 def _global_data() -> dict[str, torch.Tensor]:
@@ -46,14 +46,14 @@ def _global_data() -> dict[str, torch.Tensor]:
 
 
 class _Tiny(nn.Module):
-    """Three linear 'encoders' and a learnable temperature: everything DDP must keep in sync."""
+    """Three linear 'encoders' and the temperature buffer: everything DDP must keep in sync."""
 
     def __init__(self) -> None:
         super().__init__()
         with torch.random.fork_rng():  # the same initial weights in every process
             torch.manual_seed(0)
             self.ecg, self.ed, self.es = (nn.Linear(D_IN, DIM) for _ in range(3))
-        self.temperature = Temperature(TAU, learnable=True)
+        self.temperature = Temperature(TAU)
 
     def forward(self, x_ecg: torch.Tensor, x_ed: torch.Tensor, x_es: torch.Tensor
                 ) -> tuple[torch.Tensor, ...]:
@@ -64,36 +64,33 @@ def _leaves(data: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tenso
     return {m: data[m][rows].clone().requires_grad_(True) for m in ("ecg", "ed", "es")}
 
 
-def _contrastive(data: dict[str, torch.Tensor], rows: slice, local_rows: bool,
-                 gather: bool) -> dict[str, torch.Tensor]:
+def _contrastive(data: dict[str, torch.Tensor], rows: slice, gather: bool) -> dict[str, torch.Tensor]:
     """info_nce / dual / ED-only values and gradients on ``rows`` (all rows: single process)."""
     out: dict[str, torch.Tensor] = {}
     z = _leaves(data, rows)
     tau = torch.tensor(TAU, requires_grad=True)
-    loss = info_nce(z["ecg"], z["ed"], tau, gather=gather, local_rows=local_rows)
+    loss = info_nce(z["ecg"], z["ed"], tau, gather=gather)
     loss.backward()
     out.update(nce=loss.detach(), nce_g_ecg=z["ecg"].grad, nce_g_ed=z["ed"].grad,
                nce_g_tau=tau.grad)
 
     z = _leaves(data, rows)
     tau = torch.tensor(TAU, requires_grad=True)
-    total, terms = dual_phase_loss(z["ecg"], z["ed"], z["es"], tau, gather=gather,
-                                   local_rows=local_rows)
+    total, terms = dual_phase_loss(z["ecg"], z["ed"], z["es"], tau, gather=gather)
     total.backward()
     out.update(dual=total.detach(), dual_g_tau=tau.grad,
                **{f"dual_{k}": v for k, v in terms.items()},
                **{f"dual_g_{m}": z[m].grad for m in z})
 
     z = _leaves(data, rows)
-    total, _ = dual_phase_loss(z["ecg"], z["ed"], None, TAU, METHOD_WEIGHTS["ed"],
-                               gather=gather, local_rows=local_rows)
+    total, _ = dual_phase_loss(z["ecg"], z["ed"], None, TAU, METHODS["ed"].loss_weights,
+                               gather=gather)
     total.backward()
     out.update(ed=total.detach(), ed_g_ecg=z["ecg"].grad)
     return out
 
 
-def _train(data: dict[str, torch.Tensor], rows: slice, local_rows: bool,
-           wrap_ddp: bool) -> dict[str, torch.Tensor]:
+def _train(data: dict[str, torch.Tensor], rows: slice, wrap_ddp: bool) -> dict[str, torch.Tensor]:
     """STEPS of SGD on the dual-phase loss; returns the final weights."""
     model = _Tiny()
     net = nn.parallel.DistributedDataParallel(model) if wrap_ddp else model
@@ -101,10 +98,9 @@ def _train(data: dict[str, torch.Tensor], rows: slice, local_rows: bool,
     for _ in range(STEPS):
         opt.zero_grad()
         z_ecg, z_ed, z_es, tau = net(data["x_ecg"][rows], data["x_ed"][rows], data["x_es"][rows])
-        loss, _ = dual_phase_loss(z_ecg, z_ed, z_es, tau, gather=wrap_ddp, local_rows=local_rows)
+        loss, _ = dual_phase_loss(z_ecg, z_ed, z_es, tau, gather=wrap_ddp)
         loss.backward()
         opt.step()
-        model.temperature.clamp_()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -123,14 +119,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             "info": (info.rank, info.world_size, info.backend, ddp.is_main(),
                      ddp.is_distributed()),
             "gathered": ddp.gather_with_grad(torch.full((rank + 1, 2), float(rank))),
-            "mean": ddp.all_reduce_mean(torch.tensor(float(rank))),
         }
         data = _global_data()
         even = (N_GLOBAL // WORLD,) * WORLD
-        for local_rows in VARIANTS:
-            res[f"even_{local_rows}"] = _contrastive(data, _rows(rank, even), local_rows, True)
-            res[f"uneven_{local_rows}"] = _contrastive(data, _rows(rank, UNEVEN), local_rows, True)
-            res[f"train_{local_rows}"] = _train(data, _rows(rank, even), local_rows, True)
+        res["even"] = _contrastive(data, _rows(rank, even), True)
+        res["uneven"] = _contrastive(data, _rows(rank, UNEVEN), True)
+        res["train"] = _train(data, _rows(rank, even), True)
         torch.save(res, Path(out_dir) / f"rank{rank}.pt")
     finally:
         ddp.cleanup()
@@ -158,17 +152,14 @@ def test_helpers_in_the_group(ranks: list[dict]) -> None:
         assert res["info"] == (r, WORLD, "gloo", r == 0, True)
         # rank 0 holds 1 row of 0s, rank 1 two rows of 1s: gathered in rank order
         _close(res["gathered"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
-        assert res["mean"].item() == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("local_rows", VARIANTS)
 @pytest.mark.parametrize("split", ["even", "uneven"])
-def test_gathered_loss_and_gradients_equal_single_process(ranks: list[dict], local_rows: bool,
-                                                          split: str) -> None:
+def test_gathered_loss_and_gradients_equal_single_process(ranks: list[dict], split: str) -> None:
     sizes = (N_GLOBAL // WORLD,) * WORLD if split == "even" else UNEVEN
-    single = _contrastive(_global_data(), slice(None), local_rows=False, gather=False)
+    single = _contrastive(_global_data(), slice(None), gather=False)
     for r, res in enumerate(ranks):
-        got = res[f"{split}_{local_rows}"]
+        got = res[split]
         # (i) every rank sees the value of the loss on the global batch
         for key in ("nce", "dual", "dual_ecg_ed", "dual_ecg_es", "dual_ed_es", "ed"):
             _close(got[key], single[key])
@@ -176,19 +167,18 @@ def test_gathered_loss_and_gradients_equal_single_process(ranks: list[dict], loc
         rows = _rows(r, sizes)
         for key in ("nce_g_ecg", "nce_g_ed", "dual_g_ecg", "dual_g_ed", "dual_g_es", "ed_g_ecg"):
             _close(got[key] / WORLD, single[key][rows])
-    # the temperature: averaged over ranks as DDP would (identical per rank without local rows)
+    # a temperature tensor: every rank computes the global loss, so its gradient is the same
+    # on every rank and equals the single-process one
     for key in ("nce_g_tau", "dual_g_tau"):
-        per_rank = [res[f"{split}_{local_rows}"][key] for res in ranks]
-        _close(sum(per_rank) / WORLD, single[key])
-        if not local_rows:
-            _close(per_rank[0], per_rank[1])
+        per_rank = [res[split][key] for res in ranks]
+        _close(per_rank[0], single[key])
+        _close(per_rank[1], single[key])
 
 
-@pytest.mark.parametrize("local_rows", VARIANTS)
-def test_ddp_training_matches_single_process(ranks: list[dict], local_rows: bool) -> None:
-    single = _train(_global_data(), slice(None), local_rows=False, wrap_ddp=False)
+def test_ddp_training_matches_single_process(ranks: list[dict]) -> None:
+    single = _train(_global_data(), slice(None), wrap_ddp=False)
     start = _Tiny().state_dict()
-    w0, w1 = ranks[0][f"train_{local_rows}"], ranks[1][f"train_{local_rows}"]
+    w0, w1 = ranks[0]["train"], ranks[1]["train"]
     for k in single:
         assert torch.equal(w0[k], w1[k]), f"{k} differs between ranks"  # DDP: bitwise equal
         _close(w0[k], single[k])
@@ -205,7 +195,6 @@ def test_single_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ddp.is_main()
     x = torch.randn(3, 2)
     assert ddp.gather_with_grad(x) is x
-    assert ddp.all_reduce_mean(x).equal(x)
     ddp.cleanup()  # no-op
 
 

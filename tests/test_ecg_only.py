@@ -20,7 +20,7 @@ from ecgcmr.data import build_cache, open_cache, read_manifest
 from ecgcmr.data.dataset import PairedDataset
 from ecgcmr.data.manifest import ManifestError, infer_kind
 from ecgcmr.errors import DataError
-from ecgcmr.synth.cohort import generate_cohort
+from ecgcmr.synth.cohort import cohort_spec, generate_cohort
 
 TINY = get_profile("tiny")
 
@@ -30,7 +30,7 @@ def ecg_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ECG-only manifest built by `ecgcmr manifest folders --ecg-dir` (no --cmr-dir) from a
     second synthetic cohort's ECG folder, with its phenotypes joined from a table."""
     root = tmp_path_factory.mktemp("ecg_only")
-    paired = generate_cohort(root / "cohort", TINY.cohort_spec(seed=11, n_subjects=20),
+    paired = generate_cohort(root / "cohort", cohort_spec(TINY, seed=11, n_subjects=20),
                              workers=1, progress=False)
     table = root / "phenotypes.csv"
     pd.read_csv(paired, dtype={"subject_id": str})[["subject_id", *PHENOTYPES]].to_csv(
@@ -110,8 +110,9 @@ def test_in_a_mixed_cache_a_cmr_stage_sees_only_subjects_with_cmr(tiny_cohort: P
 
 def test_public_cmr_only_manifests_validate_and_preprocess(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from writers.public_layouts import box_phantom, write_acdc_patient, write_mnms_subject
+
     from ecgcmr.convert.public_cmr import convert_acdc, convert_mnms
-    from ecgcmr.synth.public_layouts import box_phantom, write_acdc_patient, write_mnms_subject
 
     ph = box_phantom(ed_index=0, es_index=4)
     for i in range(3):

@@ -19,10 +19,11 @@ import wfdb
 from ecgcmr.cli import main
 from ecgcmr.constants import CONDITIONS, LEADS
 from ecgcmr.data.manifest import read_manifest, validate_manifest
+from ecgcmr.data.writers import write_nifti
 from ecgcmr.errors import DataError
 from ecgcmr.manifests import build_folder_manifest, build_ukb_manifest, ukb_table_to_columns
 from ecgcmr.manifests.ukb import parse_ukb_column, read_ukb_table
-from ecgcmr.synth.cohort import _write_ecg, _write_nifti
+from ecgcmr.synth.cohort import _write_ecg
 
 Y = 365.25
 CENSOR = "2020-01-01"
@@ -220,8 +221,8 @@ class _FakeConverters:
         self.calls["cmr"] += 1
         affine = np.diag([1.5, 1.5, 8.0, 1.0])
         volume = np.zeros((4, 4, 2), dtype=np.float32)
-        ed = _write_nifti(Path(out_dir), f"{subject_id}_ed.nii.gz", volume, affine)
-        es = _write_nifti(Path(out_dir), f"{subject_id}_es.nii.gz", volume, affine)
+        ed = write_nifti(Path(out_dir), f"{subject_id}_ed.nii.gz", volume, affine)
+        es = write_nifti(Path(out_dir), f"{subject_id}_es.nii.gz", volume, affine)
         return SimpleNamespace(ed=Path(out_dir) / ed, es=Path(out_dir) / es)
 
 
@@ -314,7 +315,7 @@ def _record(folder: Path, name: str, leads: list[str]) -> None:
 
 def _volume(folder: Path, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    _write_nifti(folder, name, np.zeros((4, 4, 2), dtype=np.float32),
+    write_nifti(folder, name, np.zeros((4, 4, 2), dtype=np.float32),
                  np.diag([1.5, 1.5, 8.0, 1.0]))
 
 
@@ -405,11 +406,12 @@ def test_ukb_bulk_files_in_the_real_formats_become_a_cohort_the_pipeline_reads(
         tmp_path: Path) -> None:
     """End to end with the real converters: CardioSoft XML + DICOM cine zips written in the
     UK Biobank layout -> manifest -> preprocessing cache, every subject usable."""
+    from writers.dicom_cmr import synthetic_sax_cine, write_sax_cine_dicoms
+    from writers.ge_xml import write_ge_xml
+
     from ecgcmr.config import get_profile
     from ecgcmr.data.cache import build_cache
-    from ecgcmr.synth.dicom_cmr import synthetic_sax_cine, write_sax_cine_dicoms
     from ecgcmr.synth.ecg import simulate_ecg
-    from ecgcmr.synth.ge_xml import write_ge_xml
     from ecgcmr.synth.physiology import sample_state
 
     bulk = tmp_path / "bulk"

@@ -48,7 +48,7 @@ def volume(b: int, d: int = 10, hw: int = 48, seed: int = 0) -> torch.Tensor:
     lambda: EcgVitConfig(dim=30, heads=4),             # dim not divisible by heads
     lambda: EcgVitConfig(dim=18, heads=3),             # dim not divisible by 4 (2D sin-cos)
     lambda: EcgVitConfig(n_samples=5050),              # not a whole number of patches
-    lambda: EcgVitConfig(drop_path=1.0),
+    lambda: EcgVitConfig(mlp_ratio=0.0),
     lambda: EcgCnnConfig(widths=(8, 16), blocks=(1,)),
     lambda: EcgCnnConfig(kernel_size=4),
     lambda: CmrEncoderConfig(block="dense"),

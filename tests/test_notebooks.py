@@ -28,6 +28,7 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     assert (run / "figures" / "00_ecg_12lead.png").stat().st_size > 10_000
     assert (run / "figures" / "00_cmr_ed_es.png").is_file()
     assert (run / "tables" / "01_qc_report.csv").is_file()
+    assert (run / "cache.json").is_file()      # the cache 01 built: what 02-04 of the run read
     provenance = json.loads((run / "provenance.json").read_text())
     assert provenance["00_cohort.ipynb"]["packages"]["torch"].startswith("2.13")
     assert "profile: tiny" in (run / "params.yaml").read_text()
@@ -51,6 +52,7 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     # a finished run folder is never re-executed or overwritten
     assert set(run_series(run, params, progress=False).values()) == {"skipped"}
     # a batch rerun of one notebook with other parameters gets its own folder and embeddings
+    # (no notebook 01 in that folder: 02 reads the cache of the default settings)
     pretraining = [nb for nb in notebook_series() if nb.name.startswith("02_")]
     other = tmp_path / "es_seed3"
     assert run_series(other, {**params, "method": "es", "seed": 3}, pretraining,
@@ -74,11 +76,27 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
 def test_notebooks_declare_parameters_and_are_clean() -> None:
     import papermill as pm
 
+    seen: dict[str, tuple[str, str, str]] = {}
     for nb in notebook_series():
         declared = pm.inspect_notebook(str(nb))
         assert {"profile", "manifest", "run_dir", "data_dir"} <= set(declared), nb.name
         content = nbformat.read(nb, as_version=4)
         assert content.cells[1].metadata.get("tags") == ["parameters"], nb.name
+        # every line `name: type = value  # help`, parsed by papermill (--help-notebook)
+        lines = [line for line in content.cells[1].source.splitlines()
+                 if line.strip() and not line.startswith(("#", "from ", "import "))]
+        assert len(lines) == len(declared), f"{nb.name}: a parameter line papermill skips"
+        for name, info in declared.items():
+            kind = info["inferred_type_name"].removeprefix("Optional[").removesuffix("]")
+            assert kind in ("str", "int", "float", "bool"), (nb.name, name, info)
+            assert info["help"], (nb.name, name)
+            # one parameter, one meaning: the same type and default in every notebook
+            typed = (info["inferred_type_name"], info["default"], nb.name)
+            assert seen.setdefault(name, typed)[0] == typed[0], (name, seen[name], typed)
+            # known exceptions: device ("auto" in 02, "cpu" for 03's fine-tuning) and n_boot
+            # (1000 in 03, 200 in 04); one --set still sets both
+            if name not in ("device", "n_boot"):
+                assert seen[name][1] == typed[1], (name, seen[name], typed)
         assert all(not c.get("outputs") for c in content.cells if c.cell_type == "code"), \
             f"{nb.name}: commit notebooks with outputs cleared"
 

@@ -3,6 +3,7 @@ alignment retrieves the right CMR for an ECG well above chance on held-out subje
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -18,13 +19,13 @@ from ecgcmr.pretrain import (
     phase_retrieval,
     train_stage,
 )
-from ecgcmr.synth.cohort import generate_cohort
+from ecgcmr.synth.cohort import cohort_spec, generate_cohort
 
 PROFILE = get_profile("tiny")
 
 
 def _train_all_stages(root: Path) -> dict[str, object]:
-    manifest = generate_cohort(root / "cohort", PROFILE.cohort_spec(seed=5, n_subjects=160),
+    manifest = generate_cohort(root / "cohort", cohort_spec(PROFILE, seed=5, n_subjects=160),
                                workers=1, progress=False)
     cache = build_cache(read_manifest(manifest), root / "cache", PROFILE.cache_spec(),
                         progress=False)
@@ -128,16 +129,13 @@ def test_unknown_method_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_folder_with_a_stage_of_other_settings_is_refused(tmp_path: Path) -> None:
-    import json
-
     from ecgcmr.config import get_profile
-    from ecgcmr.pretrain import _check_same_stage, ecg_encoder_for
+    from ecgcmr.pretrain import ecg_encoder_for, train_stage
 
     cfg = get_profile("tiny").stage_config("align", seed=0, method="dual")
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_json()))
-    _check_same_stage(tmp_path, cfg)                     # same settings: fine
     other = get_profile("tiny").stage_config("align", seed=0, method="ed")
-    with pytest.raises(ValueError, match="other settings.*method.*another run folder"):
-        _check_same_stage(tmp_path, other)
+    with pytest.raises(ValueError, match="other settings.*method.*new folder"):
+        train_stage(None, other, tmp_path)          # refused before the cache is read
     with pytest.raises(ValueError, match="ecg_only.*no stage B"):
         ecg_encoder_for("ecg_only", seed=0, size="tiny", ecg_kind="cnn", stage_b=None)

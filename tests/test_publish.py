@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ecgcmr.evaluate.ceilings import CEILINGS
 from ecgcmr.publish import publish, render
+from ecgcmr.synth.ceilings import CEILINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -47,7 +47,7 @@ def test_compile_blocks_compiles_every_block_and_cmr_encoder_only():
 
 def test_optimizer_is_fused_only_on_cuda():
     params = list(_align_task().parameters())
-    from ecgcmr.train import OptimConfig
+    from ecgcmr.stages import OptimConfig
 
     opt = make_optimizer(params, OptimConfig(), torch.device("cpu"))
     assert not opt.defaults["fused"]

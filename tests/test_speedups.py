@@ -19,12 +19,12 @@ import wfdb
 
 from ecgcmr.config import get_profile
 from ecgcmr.constants import LEADS
-from ecgcmr.convert.wfdb_out import write_wfdb
 from ecgcmr.data import cmr as cmr_data
 from ecgcmr.data import ecg as ecg_data
+from ecgcmr.data.writers import _nifti_image, write_nifti, write_wfdb
 from ecgcmr.parallel import one_blas_thread
 from ecgcmr.synth import cmr as render
-from ecgcmr.synth.cohort import _nifti_image, _write_ecg, _write_nifti
+from ecgcmr.synth.cohort import _write_ecg, cohort_spec
 from ecgcmr.synth.ecg import simulate_ecg
 from ecgcmr.synth.physiology import sample_state
 
@@ -196,7 +196,7 @@ def test_nifti_writer_decodes_to_what_nib_save_writes(tmp_path: Path, dtype: typ
     affine[:3, :3] = rotation * rng.uniform(0.5, 10.0, 3)
     affine[:3, 3] = rng.uniform(-100.0, 100.0, 3)
     for name in ("a.nii.gz", "a.nii"):
-        _write_nifti(tmp_path, name, array, affine)
+        write_nifti(tmp_path, name, array, affine)
         nib.save(_nifti_image(array, affine), tmp_path / f"nib_{name}")
         ours, theirs = (tmp_path / name).read_bytes(), (tmp_path / f"nib_{name}").read_bytes()
         if name.endswith(".gz"):
@@ -240,7 +240,7 @@ def _render_every_point(layers, intensity, pose, spec, crop, n_inplane, origin, 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_culled_rendering_equals_painting_every_point(seed: int) -> None:
-    spec = get_profile("tiny").cohort_spec().sax
+    spec = cohort_spec("tiny").sax
     rng = np.random.default_rng(seed)
     targets = render._targets(sample_state(np.random.default_rng(100 + seed), f"S{seed}"))
     heart = render._build_heart(targets, rng)
@@ -286,7 +286,7 @@ def test_synthesis_benchmark_runs(tmp_path: Path) -> None:
 
 
 def test_an_empty_crop_renders_to_empty_arrays() -> None:
-    spec = get_profile("tiny").cohort_spec().sax
+    spec = cohort_spec("tiny").sax
     rng = np.random.default_rng(0)
     targets = render._targets(sample_state(np.random.default_rng(0), "S0"))
     heart = render._build_heart(targets, rng)

@@ -20,15 +20,10 @@ from ecgcmr.constants import (
     MYOCARDIAL_DENSITY_G_PER_ML,
     PHENOTYPES,
 )
+from ecgcmr.data.cmr import spacing_from_affine
+from ecgcmr.data.phenotypes import measure_phenotypes
 from ecgcmr.errors import DataError
-from ecgcmr.synth.cmr import (
-    TISSUES,
-    SaxSpec,
-    SyntheticCmr,
-    measure_phenotypes,
-    render_cmr,
-    spacing_from_affine,
-)
+from ecgcmr.synth.cmr import TISSUES, SaxSpec, SyntheticCmr, render_cmr
 
 # Hand-made states spanning body and heart sizes (independent of the physiology module).
 STATES: dict[str, dict[str, object]] = {

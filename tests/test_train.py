@@ -13,16 +13,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ecgcmr.losses import info_nce
-from ecgcmr.train import (
-    EpochSampler,
-    OptimConfig,
-    StageConfig,
-    Task,
-    fit,
-    load_stage,
-    lr_at,
-    pick_device,
-)
+from ecgcmr.stages import OptimConfig, StageConfig
+from ecgcmr.train import EpochSampler, Task, fit, load_stage, lr_at, pick_device
 
 
 class ToyAlign(Task):
@@ -128,7 +120,7 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path,
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     fit(ToyAlign(), _cfg(epochs=1), _toy_data(), _toy_data(32, seed=1), tmp_path, progress=False)
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match="trained with other settings .differs in: optim"):
         fit(ToyAlign(), _cfg(epochs=2), _toy_data(), _toy_data(32, seed=1), tmp_path, resume=True,
             progress=False)
 
@@ -152,6 +144,21 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save(_weights(task), Path(out) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_an_empty_validation_split_is_refused_not_scored_zero(tmp_path: Path) -> None:
+    empty = TensorDataset(torch.zeros(0, 6), torch.zeros(0, 6))
+    with pytest.raises(ValueError, match="validation split is empty"):
+        fit(ToyAlign(), _cfg(epochs=1), _toy_data(), empty, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(("batch", "world"), [(3, 2), (2, 2), (10, 4)])
+def test_a_global_batch_that_does_not_split_evenly_is_refused(batch: int, world: int) -> None:
+    from ecgcmr.train import _per_rank_batch
+
+    with pytest.raises(ValueError, match=f"batch_size {batch} does not split"):
+        _per_rank_batch(batch, world)
+    assert _per_rank_batch(8, 2) == 4 and _per_rank_batch(16, 1) == 16
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from ecgcmr.data.dataset import Augment, PairedDataset, flip_left_right
 from ecgcmr.losses import retrieval_accuracy
 from ecgcmr.models import build_cmr_encoder
 from ecgcmr.pretrain import build_task, datasets, train_stage
-from ecgcmr.train import StageConfig, to_device
+from ecgcmr.stages import StageConfig
+from ecgcmr.train import to_device
 from ecgcmr.trunk_cache import trunk_features, trunk_shape, worth_caching
 
 TINY = get_profile("tiny")
@@ -72,10 +73,9 @@ def test_a_training_batch_gives_the_same_loss_and_gradients(stage_a) -> None:
     torch.manual_seed(0)   # the projection heads are freshly initialised: the same in both
     volumes_task = build_task(cache, cfg, init)
     torch.manual_seed(0)
-    trunk_task = build_task(cache, cfg, init)
+    trunk_task = build_task(cache, cfg, init, cmr_input="trunk")
     trunk = {f"cmr_{p}": trunk_features(cache, p, trunk_task.cmr[p], init[p], 2,
                                         progress=False) for p in ("ed", "es")}
-    trunk_task.cmr_input = "trunk"
     by_volume, _ = datasets(cache, volumes_task, cfg)
     by_trunk, _ = datasets(cache, trunk_task, cfg, trunk)
     flipped = set()

@@ -10,10 +10,10 @@ cmr_dicom      UK Biobank short-axis cine (field 20209): DICOM zip -> ED/ES NIfT
 public_cmr     ACDC and M&Ms folders -> ED/ES NIfTI + label maps in our convention
 safe_zip       reading untrusted zips in memory with name, size and ratio bounds
 safe_xml       parsing untrusted XML: size bound, no entities, no external references
-wfdb_out       the one WFDB writer the ECG converters share
 ============== ============================================================================
 
 Every converter treats its input as untrusted: XML through ``defusedxml``, zips read in memory
 with size bounds, nothing executed or unpickled. Bad input raises :class:`ecgcmr.errors.DataError`
-naming the file and what is wrong. The manifest builders in :mod:`ecgcmr.manifests` call them.
+naming the file and what is wrong. They write through :mod:`ecgcmr.data.writers` (WFDB,
+NIfTI); the manifest builders in :mod:`ecgcmr.manifests` call them.
 """

@@ -81,7 +81,7 @@ translation = first slice's ``ImagePositionPatient``, with x and y negated (LPS 
   barely change within one breath-hold. Inside it, voxels brighter than the Otsu threshold of
   the region's intensities over all frames are blood (bSSFP blood is bright, myocardium
   dark). ES is the frame with the fewest blood voxels (curve smoothed circularly with
-  weights 1-2-1 against noise). On the phantom in :mod:`ecgcmr.synth.dicom_cmr` it is within
+  weights 1-2-1 against noise). On the phantom of ``tests/writers/dicom_cmr.py`` it is within
   one frame of the truth. Limits: it counts RV and LV blood together (both empty together in
   a normal heart; a dyssynchronous RV could pull it), and basal slices where the atria move
   into the plane at ES add bright voxels. Label maps are better when available.
@@ -117,11 +117,11 @@ from ecgcmr.convert.safe_zip import (
     DEFAULT_MAX_TOTAL_BYTES,
     iter_zip_members,
 )
-from ecgcmr.data.cmr import LONG_AXIS_RAS
-from ecgcmr.errors import DataError
+from ecgcmr.data.cmr import LONG_AXIS_RAS, spacing_from_affine
 
 # The cohort's NIfTI writer (qform/sform code 1, mm): converted files must look the same.
-from ecgcmr.synth.cohort import _write_nifti
+from ecgcmr.data.writers import write_nifti
+from ecgcmr.errors import DataError
 
 # --- geometry tolerances ----------------------------------------------------------------------
 SAME_POSITION_MM = 0.1      # slice positions closer than this along the normal: one slice
@@ -186,7 +186,7 @@ class SaxCine:
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
         """(X, Y, slice pitch) in mm."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return spacing_from_affine(self.affine)
 
 
 @dataclass(frozen=True)
@@ -308,10 +308,10 @@ def convert_sax_cine(
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path | None] = {}
     for phase, frame in (("ed", ed), ("es", es)):
-        paths[phase] = out / _write_nifti(out, f"{subject_id}_{phase}.nii.gz",
+        paths[phase] = out / write_nifti(out, f"{subject_id}_{phase}.nii.gz",
                                           cine.image[..., frame], cine.affine)
         seg = None if labels is None else labels.get(frame)
-        paths[f"{phase}_seg"] = None if seg is None else out / _write_nifti(
+        paths[f"{phase}_seg"] = None if seg is None else out / write_nifti(
             out, f"{subject_id}_{phase}_seg.nii.gz", seg, cine.affine)
     return CmrConversion(ed=paths["ed"], es=paths["es"], ed_frame=ed,  # type: ignore[arg-type]
                          es_frame=es, es_method=method, ed_seg=paths["ed_seg"],

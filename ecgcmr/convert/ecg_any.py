@@ -8,16 +8,16 @@ WFDB               a text header (``<name>.hea``) whose record line and signal l
                    WFDB's (the ``wfdb`` package's own patterns); its signal files, whatever
                    their suffix (``.dat``, ``.mat``, PTB's ``.xyz``), are part of the record
 PhysioNet/CinC     ``A0001.mat`` beside an ``A0001.hea`` that names it (format 16, byte offset
-                   24: MATLAB v4 header + ``val``; see :mod:`ecgcmr.synth.cinc_mat`)
+                   24: MATLAB v4 header + ``val``; see ``tests/writers/cinc_mat.py``)
 DICOM              the Part 10 preamble: ``DICM`` at byte 128 (PS3.10 7.1)
 GE MUSE XML        XML whose root element is ``RestingECG`` (:mod:`ecgcmr.convert.muse_xml`)
 GE CardioSoft XML  XML whose root element is ``CardiologyXML`` (:mod:`ecgcmr.convert.ecg_xml`)
 =================  =========================================================================
 
 Each recording becomes one WFDB record ``<out>/<name>`` (12 named leads in mV, format 16),
-``<name>`` the input's file name without suffix, made safe and unique. Rates: the source's own
-(DICOM: resampled to 500 Hz, as :func:`~ecgcmr.convert.ecg_dicom.convert_dicom_ecg` does).
-Resolution: the source's own ADC step per lead where it has one. Nothing is checked for quality
+``<name>`` the input's file name without suffix, made safe and unique. Rate: the source's own
+(the loader resamples to the model's 500 Hz at use). Resolution: the source's own ADC step per
+lead where it has one. Nothing is checked for quality
 here: :func:`ecgcmr.data.ecg.load_ecg` does that when the record is used.
 
 ``<out>/convert_report.csv`` lists every input with what became of it: ``converted`` and the
@@ -48,10 +48,10 @@ from ecgcmr.convert.batch import report_row as _row
 from ecgcmr.convert.ecg_dicom import convert_dicom_ecg
 from ecgcmr.convert.ecg_xml import read_ge_xml
 from ecgcmr.convert.muse_xml import convert_muse_xml
-from ecgcmr.convert.wfdb_out import FORMAT_16_MAX, write_wfdb
 
 # the WFDB reader's own record reader (with each lead's ADC step) and signal-file list
 from ecgcmr.data.ecg import read_ecg_with_steps, record_signal_files
+from ecgcmr.data.writers import FORMAT_16_MAX, write_wfdb
 from ecgcmr.errors import DataError, OutputError
 
 WFDB, CINC, DICOM, MUSE, CARDIOSOFT = ("WFDB", "PhysioNet/CinC .mat", "DICOM", "GE MUSE XML",

@@ -36,15 +36,14 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from scipy.signal import resample_poly
 
-from ecgcmr.constants import ECG_FS_HZ, LEADS
-from ecgcmr.convert.wfdb_out import write_wfdb
+from ecgcmr.constants import LEADS
 
 # Private helpers of the WFDB reader, imported on purpose so DICOM leads and units follow the
 # very same rules: lead names/aliases/duplicates/missing, unit strings -> mV factor, and the
 # rational up/down factors of its resampler.
-from ecgcmr.data.ecg import _UNIT_TO_MV, _match_leads, _rational_ratio, check_ecg_rate
+from ecgcmr.data.ecg import UNIT_TO_MV, check_ecg_rate, match_leads
+from ecgcmr.data.writers import write_wfdb
 from ecgcmr.errors import DataError
 
 #: Storage SOP classes read (DICOM PS3.4 Annex B / PS3.6 Annex A).
@@ -199,7 +198,7 @@ def _decode_group(item: Dataset, group: _Group, path: Path) -> tuple[np.ndarray,
                                  "definitions", found=f"{len(channels)} channel definitions")
     names = [_channel_name(ch) for ch in channels]
     try:
-        columns, signs = _match_leads(names, path)
+        columns, signs = match_leads(names, path)
     except DataError as exc:
         raise DataError(f"{where}: {exc.problem}", expected=exc.expected, found=exc.found
                         ) from None
@@ -281,7 +280,7 @@ def _units_to_mv(channel: Dataset, name: str, where: str) -> float:
                         expected="UCUM uV or mV")
     code = units[0]
     for text in (code.get("CodeValue"), code.get("CodeMeaning")):
-        factor = _UNIT_TO_MV.get(str(text or "").strip().casefold())
+        factor = UNIT_TO_MV.get(str(text or "").strip().casefold())
         if factor is not None:
             return factor
     raise DataError(f"{where}, lead {name}: unknown amplitude units",
@@ -316,38 +315,24 @@ def _as_float(value: Any, keyword: str, where: str) -> float:
 # ============================================================================================
 
 
-def resample_ecg(ecg: np.ndarray, fs_in: float, fs_out: float = ECG_FS_HZ) -> np.ndarray:
-    """``(12, n)`` at ``fs_in`` -> ``(12, ceil(n * fs_out / fs_in))`` at ``fs_out`` (polyphase).
-
-    Same up/down factors and edge handling (linear extension, no ringing on baseline offsets)
-    as :func:`ecgcmr.data.ecg.load_ecg`'s resampling; unchanged when the rates are equal.
-    """
-    up, down = _rational_ratio(fs_out, fs_in)
-    if up == down:
-        return np.asarray(ecg, dtype=np.float64).copy()
-    return resample_poly(np.asarray(ecg, dtype=np.float64), up, down, axis=1, padtype="line")
-
-
 def convert_dicom_ecg(
     path: str | PathLike[str], out_dir: str | PathLike[str], record_name: str
 ) -> Path:
-    """Write the rhythm strip of a DICOM ECG as WFDB record ``out_dir/record_name`` at 500 Hz.
+    """Write the rhythm strip of a DICOM ECG as WFDB record ``out_dir/record_name``, at the
+    file's own sampling rate (the loader resamples at use, :func:`ecgcmr.data.ecg.load_ecg`).
 
     ADC step per lead: the file's own step (sensitivity x correction), but no finer than
-    MIN_ADC_STEP_UV. At 500 Hz, with a step >= 1 µV and a baseline that is a whole number of
-    steps, the file's samples are written unchanged; otherwise the record is quantised to that
-    step (error <= half a step on top of the resampling).
+    MIN_ADC_STEP_UV. With a step >= 1 µV and a baseline that is a whole number of steps, the
+    file's samples are written unchanged; otherwise the record is quantised to that step
+    (error <= half a step).
     Returns the record path (no suffix). Raises :class:`DataError` as :func:`read_dicom_ecg`.
     """
     path = Path(path)
     ecg = read_dicom_ecg(path)
-    signal = resample_ecg(ecg.rhythm_mv, ecg.fs, ECG_FS_HZ)
     step_uv = np.maximum(ecg.step_uv, MIN_ADC_STEP_UV)
-    comments = [f"converted from DICOM ECG {path.name}",
-                f"source rate {ecg.fs:g} Hz, resampled to {ECG_FS_HZ} Hz"
-                if ecg.fs != ECG_FS_HZ else f"source rate {ecg.fs:g} Hz"]
+    comments = [f"converted from DICOM ECG {path.name}", f"source rate {ecg.fs:g} Hz"]
     try:
-        return write_wfdb(out_dir, record_name, signal, ECG_FS_HZ,
+        return write_wfdb(out_dir, record_name, ecg.rhythm_mv, ecg.fs,
                           adc_gain_per_mv=1000.0 / step_uv, comments=comments)
     except DataError as exc:
         raise exc.with_context(path=path) from exc

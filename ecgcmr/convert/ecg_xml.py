@@ -42,12 +42,12 @@ import pandas as pd
 
 from ecgcmr.constants import ECG_DURATION_S, LEADS
 from ecgcmr.convert.safe_xml import parse_xml_file
-from ecgcmr.convert.wfdb_out import write_wfdb
 
 # Lead-name matching (case, aliases, inverted leads, duplicates, missing leads) is the WFDB
 # reader's; a GE file must pass the very same rules. Private, imported on purpose. The plausible
 # ECG sampling rates are the reader's too (one bound for every ECG the project reads).
-from ecgcmr.data.ecg import _match_leads, check_ecg_rate
+from ecgcmr.data.ecg import check_ecg_rate, match_leads
+from ecgcmr.data.writers import write_wfdb
 from ecgcmr.errors import DataError
 
 ROOT_TAG = "CardiologyXML"
@@ -161,7 +161,7 @@ def _read_waveforms(block: Element, where: str) -> tuple[np.ndarray, float, floa
     waves = block.findall("WaveformData")
     names = [str(w.get("lead", "")).strip() for w in waves]
     try:
-        columns, signs = _match_leads(names, Path(where))
+        columns, signs = match_leads(names, Path(where))
     except DataError as exc:  # re-raised without the placeholder path: the caller adds the file
         raise DataError(f"{where}: {exc.problem}", expected=exc.expected, found=exc.found
                         ) from None

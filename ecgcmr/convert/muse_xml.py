@@ -61,11 +61,11 @@ import numpy as np
 
 from ecgcmr.constants import LEADS
 from ecgcmr.convert.safe_xml import MAX_XML_BYTES, parse_xml_file
-from ecgcmr.convert.wfdb_out import write_wfdb
 
 # The WFDB reader's own lead-name aliases and unit table (private, imported on purpose: a MUSE
 # file follows the very same rules) and its plausible-rate check.
-from ecgcmr.data.ecg import _UNIT_TO_MV, _normalise_lead_name, check_ecg_rate
+from ecgcmr.data.ecg import UNIT_TO_MV, check_ecg_rate, normalise_lead_name
+from ecgcmr.data.writers import write_wfdb
 from ecgcmr.errors import DataError
 
 ROOT_TAG = "RestingECG"
@@ -172,7 +172,7 @@ def _stored_leads(waveform: Element) -> dict[str, Element]:
     for element in waveform.findall("LeadData"):
         raw = (element.findtext("LeadID") or "").strip()
         ids.append(raw)
-        lead, sign = _normalise_lead_name(raw)
+        lead, sign = normalise_lead_name(raw)
         if lead not in STORED_LEADS or sign < 0:
             continue  # III/aVR/... (if a file stores them) are derived anyway; others ignored
         if lead in found:
@@ -229,12 +229,12 @@ def _step_uv(element: Element, where: str) -> float:
     if not per_bit > 0:
         raise DataError(f"{where}: missing or invalid LeadAmplitudeUnitsPerBit",
                         expected="a positive number", found=repr(text))
-    return per_bit * _UNIT_TO_MV[_units(element, where).casefold()] * 1000.0
+    return per_bit * UNIT_TO_MV[_units(element, where).casefold()] * 1000.0
 
 
 def _units(element: Element, where: str) -> str:
     units = (element.findtext("LeadAmplitudeUnits") or "").strip()
-    if units.casefold() not in _UNIT_TO_MV:
+    if units.casefold() not in UNIT_TO_MV:
         raise DataError(f"{where}: unknown LeadAmplitudeUnits",
                         expected="MICROVOLTS, MILLIVOLTS or VOLTS", found=repr(units))
     return units

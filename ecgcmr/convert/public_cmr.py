@@ -3,7 +3,7 @@
 Both collections ship short-axis cine stacks with expert labels at end-diastole (ED) and
 end-systole (ES). The converters pick the two frames, remap the labels to the project's
 convention (0 background, 1 LV blood pool, 2 LV myocardium, 3 RV blood pool), measure the
-phenotypes from the label maps (:func:`ecgcmr.synth.cmr.measure_phenotypes`: disc summation,
+phenotypes from the label maps (:func:`ecgcmr.data.phenotypes.measure_phenotypes`: disc summation,
 LV mass at 1.05 g/mL) and write a **CMR-only** manifest (``ecg_path`` empty): it validates
 with ``read_manifest(path, require_ecg=False)`` and serves the CMR encoders of stage A.
 
@@ -60,11 +60,17 @@ from ecgcmr.constants import (
     PHENOTYPES,
 )
 from ecgcmr.convert.cmr_dicom import estimate_es_frame
-from ecgcmr.data.cmr import GRID_TOLERANCE_MM, affine_mm, load_cmr_canonical, load_labels_canonical
+from ecgcmr.data.cmr import (
+    GRID_TOLERANCE_MM,
+    affine_mm,
+    load_cmr_canonical,
+    load_labels_canonical,
+    spacing_from_affine,
+)
 from ecgcmr.data.manifest import read_manifest
+from ecgcmr.data.phenotypes import measure_phenotypes
+from ecgcmr.data.writers import write_nifti
 from ecgcmr.errors import DataError
-from ecgcmr.synth.cmr import measure_phenotypes, spacing_from_affine
-from ecgcmr.synth.cohort import _write_nifti
 
 #: Collection label -> our label. ACDC: 1 RV, 2 MYO, 3 LV (Bernard et al. 2018, section II-B).
 ACDC_TO_OURS: Mapping[int, int] = {0: LABEL_BACKGROUND, 1: LABEL_RV_BLOOD, 2: LABEL_LV_MYO,
@@ -262,7 +268,7 @@ def _mnms_frames_without_csv(code: str, cine_path: Path) -> tuple[int, int, str]
         es = min(labelled, key=lambda t: (lv[t], t))
         return ed, es, "no M&Ms CSV: ED/ES = labelled frames of largest/smallest LV blood pool"
     cine, affine = _read_volume(cine_path, code, ndim=4)
-    es = estimate_es_frame(cine, tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)))
+    es = estimate_es_frame(cine, spacing_from_affine(affine))
     if es == 0:
         raise DataError("no information CSV, no labels, and the image-based ES estimate is "
                         "frame 0 (= ED)", subject=code, path=cine_path,
@@ -437,11 +443,11 @@ def _write_subject(out: Path, sid: str, phases: Mapping[str, _Phase],
         raise DataError("ground truth for only one of ED and ES", subject=sid,
                         expected="label maps for both phases or for neither")
     for phase, data in phases.items():
-        row[f"cmr_{phase}_path"] = _write_nifti(out, f"{prefix}_{phase}.nii.gz", data.image,
+        row[f"cmr_{phase}_path"] = write_nifti(out, f"{prefix}_{phase}.nii.gz", data.image,
                                                 data.affine)
     if all(labelled):
         for phase, data in phases.items():
-            row[f"cmr_{phase}_seg_path"] = _write_nifti(
+            row[f"cmr_{phase}_seg_path"] = write_nifti(
                 out, f"{prefix}_{phase}_seg.nii.gz", data.labels, data.affine)
         ed, es = phases["ed"], phases["es"]
         row.update(measure_phenotypes(ed.labels, es.labels, spacing_from_affine(ed.affine)))

@@ -7,6 +7,9 @@ Public API (used by the notebooks and by users with their own data)::
     load_cmr(path)        -> float32 (D, H, W) on the fixed grid
     build_cache / open_cache, PairedDataset, Augment
     DataError             every bad-input error (a ValueError)
+
+Also here, for the converters and the synthetic cohort: ``phenotypes.measure_phenotypes`` (from
+ED/ES label maps), ``cmr.spacing_from_affine``, ``writers.write_wfdb`` / ``writers.write_nifti``.
 """
 
 from __future__ import annotations

@@ -137,11 +137,6 @@ class CmrGrid:
             raise ValueError(f"CmrGrid.percentiles must satisfy 0 <= low < high <= 100, "
                              f"got {self.percentiles}")
 
-    @property
-    def fov_mm(self) -> tuple[float, float, float]:
-        """Physical extent of the grid, mm."""
-        return tuple(float(n * s) for n, s in zip(self.shape, self.spacing_mm, strict=True))
-
 
 @dataclass(frozen=True, eq=False)
 class CanonicalVolume:
@@ -291,13 +286,25 @@ def affine_mm(img: nib.spatialimages.SpatialImage, path: str | PathLike[str]) ->
     if abs(det) < 1e-9:
         raise DataError("CMR affine is not invertible", path=path,
                         expected="a non-singular 3x3 voxel-to-world matrix", found=f"det={det:g}")
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = np.asarray(spacing_from_affine(affine))
     if spacing.min() < MIN_SPACING_MM or spacing.max() > MAX_SPACING_MM:
         raise DataError("implausible voxel spacing", path=path,
                         expected=f"{MIN_SPACING_MM}..{MAX_SPACING_MM} mm per axis",
                         found=f"{np.round(spacing, 4).tolist()} mm")
     _check_orthogonal(affine[:3, :3] / spacing, path)
     return affine
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel spacing (mm) along the three array axes: the lengths of the affine's columns."""
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        raise DataError("invalid affine", expected="finite 4x4 matrix", found=f"shape {a.shape}")
+    if abs(np.linalg.det(a[:3, :3])) < 1e-9:
+        raise DataError("singular affine", expected="non-zero determinant",
+                        found=np.array2string(a[:3, :3], precision=3))
+    norms = np.linalg.norm(a[:3, :3], axis=0)
+    return (float(norms[0]), float(norms[1]), float(norms[2]))
 
 
 def _check_orthogonal(dirs: np.ndarray, path: str | PathLike[str]) -> None:
@@ -385,7 +392,7 @@ def _canonicalise(array: np.ndarray, affine: np.ndarray, *, is_labels: bool = Fa
         to_file[axis, i] = -1.0 if flipped else 1.0
         to_file[axis, 3] = array.shape[axis] - 1 if flipped else 0.0
     new_affine = np.asarray(affine, dtype=np.float64) @ to_file
-    spacing = tuple(float(s) for s in np.linalg.norm(new_affine[:3, :3], axis=0))
+    spacing = spacing_from_affine(new_affine)
     return CanonicalVolume(np.ascontiguousarray(out), spacing, new_affine, is_labels)  # type: ignore[arg-type]
 
 

@@ -90,15 +90,26 @@ class Augment:
                 out[field] = flip_left_right(out[field])
         return out
 
+    @property
+    def cmr_variants(self) -> int | None:
+        """How many different CMR volumes this augmentation makes of one (None: unbounded)."""
+        return CMR_VARIANTS.get(self.cmr_augment)
+
+    def check_finite_variants(self) -> None:
+        """Refuse an augmentation without a finite set of CMR variants: cached trunk features
+        (ecgcmr.trunk_cache) exist only for ``flip`` and ``none``."""
+        if self.cmr_variants is None:
+            raise ValueError(f"cached CMR trunk features need a CMR augmentation with a finite "
+                             f"set of variants ('flip' or 'none'), not {self.cmr_augment!r}")
+
     def cmr_variant(self, rng: np.random.Generator) -> int:
         """The CMR variant :meth:`apply` gives an item: 0 as stored, 1 flipped.
 
         ``rng`` must be seeded like the one :meth:`apply` gets (a fresh generator from the
-        same seed): this is then the very draw ``apply`` makes. Only for ``flip``/``none``.
+        same seed): this is then the very draw ``apply`` makes (its second child stream, the
+        one ED and ES share). Only for ``flip``/``none``.
         """
-        if self.cmr_augment not in CMR_VARIANTS:
-            raise ValueError(f"CMR augmentation {self.cmr_augment!r} has no finite set of "
-                             "variants; only 'flip' and 'none' do")
+        self.check_finite_variants()
         return self._draw_variant(rng.spawn(4)[1])
 
     def _draw_variant(self, shared_rng: np.random.Generator) -> int:
@@ -169,10 +180,8 @@ class PairedDataset(Dataset):
         if not set(self.cmr_trunk) <= set(self.fields) & {"cmr_ed", "cmr_es"}:
             raise ValueError(f"cmr_trunk keys must be CMR fields of this dataset "
                              f"{self.fields}, got {sorted(self.cmr_trunk)}")
-        if self.cmr_trunk and augment is not None and augment.cmr_augment not in CMR_VARIANTS:
-            raise ValueError(f"cached CMR trunk features need a CMR augmentation with a finite "
-                             f"set of variants ('flip' or 'none'), not "
-                             f"{augment.cmr_augment!r}")
+        if self.cmr_trunk and augment is not None:
+            augment.check_finite_variants()
         self.cache = cache if isinstance(cache, Cache) else open_cache(cache)
         subjects = self.cache.rows(split)
         if "ecg" in self.fields and "has_ecg" in subjects.columns:  # CMR-only subjects

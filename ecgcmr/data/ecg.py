@@ -44,8 +44,9 @@ _LEAD_ALIASES: dict[str, str] = {
 _MINUS_SIGNS = ("-", "\u2212")  # ASCII hyphen-minus and the Unicode minus sign
 
 # --- physical units ---------------------------------------------------------------------------
+#: Factor from a physical unit (casefolded name) to mV; the converters read units with it too.
 # casefold() turns the micro sign (U+00B5) into the Greek mu (U+03BC); both are listed anyway.
-_UNIT_TO_MV: dict[str, float] = {
+UNIT_TO_MV: dict[str, float] = {
     "mv": 1.0, "millivolt": 1.0, "millivolts": 1.0,
     "uv": 1e-3, "\u00b5v": 1e-3, "\u03bcv": 1e-3, "microvolt": 1e-3, "microvolts": 1e-3,
     "nv": 1e-6,
@@ -71,7 +72,7 @@ _MAX_HEADER_BYTES = 2**20   # read of a header when only its signal file names a
 # Below 50 Hz the Nyquist frequency (25 Hz) cuts into the QRS complex's main energy (~5-40 Hz):
 # not an ECG any more. High-resolution / pacemaker-detecting recorders reach ~10-16 kHz; 20 kHz
 # leaves headroom. Beyond it a rate is a corrupt field (e.g. a sample count written as the
-# rate), and resampling it to 500 Hz would need a ratio below 1/(2 * 1000) (_rational_ratio).
+# rate), and resampling it to 500 Hz would need a ratio below 1/(2 * 1000) (rational_ratio).
 ECG_FS_MIN_HZ = 50.0
 ECG_FS_MAX_HZ = 20_000.0
 
@@ -175,7 +176,7 @@ def read_ecg_with_steps(path: str | PathLike[str]) -> tuple[np.ndarray, float, n
     units = header.units
     if units is None or len(units) != len(names):  # header text not parsable: trust wfdb
         units = [u or _DEFAULT_WFDB_UNITS for u in (wfdb_units or [None] * len(names))]
-    columns, signs = _match_leads(names, hea)
+    columns, signs = match_leads(names, hea)
     gains = None
     if header.gains is not None and len(header.gains) == len(names):
         gains = _check_gains([header.gains[c] for c in columns], [names[c] for c in columns], hea)
@@ -327,7 +328,7 @@ def _read_simple_record(base: Path, hea: Path
 
     The common kind: plain-ASCII header of one segment, every signal in format 16 in one
     complete signal file, with explicit gain (non-zero), baseline and name, no skew, byte
-    offset or multiple samples per frame: what :mod:`ecgcmr.convert.wfdb_out` writes. Fields
+    offset or multiple samples per frame: what :func:`ecgcmr.data.writers.write_wfdb` writes. Fields
     are split with ``wfdb``'s own line patterns, and samples converted as ``wfdb`` does,
     ``(d - baseline) / gain`` in float64 with -32768 (invalid) -> NaN, so both paths return the
     same numbers.
@@ -403,7 +404,7 @@ def _check_signal_files(base: Path, hea: Path) -> None:
                                      f"as {hea.name} says)", found=f"{found} bytes")
 
 
-def _normalise_lead_name(name: str) -> tuple[str | None, int]:
+def normalise_lead_name(name: str) -> tuple[str | None, int]:
     """``"-aVR"`` -> ``("aVR", -1)``; ``"lead ii"`` -> ``("II", 1)``; unknown -> ``(None, 1)``."""
     key = name.strip().casefold()
     key = re.sub(r"^lead[\s_:]*", "", key)
@@ -413,12 +414,12 @@ def _normalise_lead_name(name: str) -> tuple[str | None, int]:
     return _LEAD_ALIASES.get(key), sign
 
 
-def _match_leads(names: list[str], hea: Path) -> tuple[list[int], list[int]]:
+def match_leads(names: list[str], hea: Path) -> tuple[list[int], list[int]]:
     """Channel index and sign (+1, or -1 for an inverted lead) of each of the 12 LEADS."""
     plain: dict[str, int] = {}
     inverted: dict[str, int] = {}
     for channel, name in enumerate(names):
-        lead, sign = _normalise_lead_name(name)
+        lead, sign = normalise_lead_name(name)
         if lead is None:
             continue  # not a standard lead (e.g. respiration): ignored
         table = plain if sign > 0 else inverted
@@ -438,7 +439,7 @@ def _match_leads(names: list[str], hea: Path) -> tuple[list[int], list[int]]:
 
 def _unit_factor(unit: str, lead_name: str, hea: Path) -> float:
     """Factor that turns values in ``unit`` into mV."""
-    factor = _UNIT_TO_MV.get(unit.strip().casefold())
+    factor = UNIT_TO_MV.get(unit.strip().casefold())
     if factor is None:
         raise DataError(f"unknown physical units for lead {lead_name!r}", path=hea,
                         expected="mV, uV/µV, V or nV", found=repr(unit))
@@ -475,7 +476,7 @@ def _to_rate_and_length(
     ecg: np.ndarray, fs_in: float, fs: int, n_samples: int, path: str | PathLike[str],
     steps: np.ndarray | None = None,
 ) -> np.ndarray:
-    up, down = _rational_ratio(fs, fs_in)
+    up, down = rational_ratio(fs, fs_in)
     needed = -(-n_samples * down // up)  # input samples that make n_samples output samples
     if ecg.shape[1] < needed:
         raise DataError("ECG record is too short", path=path,
@@ -493,7 +494,7 @@ def _to_rate_and_length(
     return np.ascontiguousarray(out[:, :n_samples], dtype=np.float32)
 
 
-def _rational_ratio(fs_out: float, fs_in: float) -> tuple[int, int]:
+def rational_ratio(fs_out: float, fs_in: float) -> tuple[int, int]:
     """``up/down`` ~ ``fs_out/fs_in`` in lowest terms, ``down <= 1000`` (e.g. 500/360 -> 25/18)."""
     ratio = Fraction(float(fs_out) / float(fs_in)).limit_denominator(_MAX_RESAMPLE_DENOMINATOR)
     if ratio.numerator <= 0:  # fs_out/fs_in < 1/2000: every later step would divide by zero

@@ -25,10 +25,7 @@ Design choices, and why:
 
 The paper-size preset is the public code's ``mae_vit_mediumDeep_patchX_dec256d2b``
 (576-d, 12 blocks, 8 heads of 72, MLP ratio 4; decoder 256-d, 2 blocks, 8 heads; repository
-``angelbujalance/mae``, ``models_mae.py``). Note: that code annotates the preset with
-"nb_params: 24.68M encoder", a comment copied from the 640-d, 5-block ``medium`` preset — the
-576-d, 12-block encoder has ≈ 47.9M parameters (12·d²·depth ≈ 47.8M for the blocks alone).
-See :meth:`EcgVitConfig.paper`.
+``angelbujalance/mae``, ``models_mae.py``); see :meth:`EcgVitConfig.paper` for its size.
 """
 
 from __future__ import annotations
@@ -61,8 +58,6 @@ class EcgVitConfig:
     decoder_dim: int = 256             # token width of the MAE decoder
     decoder_depth: int = 2             # MAE decoder blocks
     decoder_heads: int = 8             # MAE decoder heads
-    dropout: float = 0.0               # dropout after attention / MLP projections
-    drop_path: float = 0.0             # stochastic depth rate of the last block (linear ramp)
 
     def __post_init__(self) -> None:
         for name in ("n_leads", "n_samples", "patch_size", "dim", "depth", "heads",
@@ -83,9 +78,6 @@ class EcgVitConfig:
                                  "(2D sine-cosine positions)")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        for name in ("dropout", "drop_path"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     @property
     def patches_per_lead(self) -> int:
@@ -102,9 +94,10 @@ class EcgVitConfig:
     def paper(cls, **overrides: object) -> EcgVitConfig:
         """The public code's ECG encoder: 576-d, 12 blocks, 8 heads; decoder 256-d, 2 blocks.
 
-        ≈ 47.9M encoder parameters. The paper's "~25M" matches the parameter comment that
-        the public code copied from its 640-d, 5-block preset
-        (``EcgVitConfig(dim=640, depth=5, heads=10)``: 24.68M), not this architecture.
+        ≈ 47.9M encoder parameters (12·d²·depth ≈ 47.8M for the blocks alone). The paper's
+        "~25M" matches the "nb_params: 24.68M encoder" comment that the public code copied
+        from its 640-d, 5-block ``medium`` preset (``EcgVitConfig(dim=640, depth=5,
+        heads=10)``), not this architecture.
         """
         return replace(cls(dim=576, depth=12, heads=8, decoder_dim=256, decoder_depth=2,
                            decoder_heads=8), **overrides)
@@ -144,77 +137,49 @@ def sincos_2d(n_rows: int, n_cols: int, dim: int) -> Tensor:
     return torch.cat(parts, dim=1).float()                                           # (N, dim)
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop a residual branch per sample (Huang et al. 2016, ECCV).
-
-    Kept branches are scaled by ``1/(1-p)`` so the expectation is unchanged; identity in eval.
-    """
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, ...) → (B, ...)
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
 class Attention(nn.Module):
     """Multi-head self-attention: ``(B, N, D) -> (B, N, D)``."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.dropout = dropout
-        self.proj_drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads)  # (B, N, 3, h, d/h)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                     # each (B, h, N, d/h)
-        out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0)     # (B, h, N, d/h)
+        out = F.scaled_dot_product_attention(q, k, v)                       # (B, h, N, d/h)
         out = out.transpose(1, 2).reshape(b, n, d)                         # (B, N, D)
-        return self.proj_drop(self.proj(out))
+        return self.proj(out)
 
 
 class Mlp(nn.Module):
     """Token-wise MLP ``D -> hidden -> D`` with GELU: ``(B, N, D) -> (B, N, D)``."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(LN(x))``, then ``x + mlp(LN(x))``."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float = 0.0,
-                 drop_path: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp = Mlp(dim, int(round(dim * mlp_ratio)), dropout)
-        self.drop_path = DropPath(drop_path)
+        self.mlp = Mlp(dim, int(round(dim * mlp_ratio)))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, N, D) → (B, N, D)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
 
 
 def _init_transformer(module: nn.Module) -> None:
@@ -290,9 +255,8 @@ class EcgViT(nn.Module):
         # fixed: not a parameter, not in the state dict (rebuilt from the config)
         self.register_buffer("pos_embed", sincos_2d(cfg.n_leads, cfg.patches_per_lead, cfg.dim),
                              persistent=False)                        # (N, dim)
-        rates = torch.linspace(0.0, cfg.drop_path, cfg.depth).tolist()  # deeper: dropped more
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, r)
-                                    for r in rates)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio)
+                                    for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim, eps=LN_EPS)
         _init_transformer(self)
         nn.init.normal_(self.lead_embed, std=INIT_STD)

@@ -32,7 +32,7 @@ def build_ecg_encoder(kind: str = "vit", size: str = "paper",
     Args:
         kind: ``"vit"`` (the paper's; MAE-pretrainable) or ``"cnn"`` (1D ResNet).
         size: ``"tiny"`` | ``"teaching"`` | ``"paper"``.
-        overrides: config fields to change (e.g. ``drop_path=0.1``).
+        overrides: config fields to change (e.g. ``depth=4``).
     """
     cfg = ecg_config(kind, size, **overrides)
     return EcgViT(cfg) if isinstance(cfg, EcgVitConfig) else EcgResNet1d(cfg)

@@ -1,12 +1,13 @@
-"""The synthetic paired cohort ("digital twins"): physiology -> CMR, ECG, outcomes -> files.
+"""The synthetic paired cohort ("digital twins"), a satellite of the core: physiology -> CMR, ECG,
+outcomes -> files, and the instrument built on its known truth.
 
 Modules: ``physiology`` (hidden cardiac state from cited reference ranges), ``cmr`` (3D
-short-axis rendering at ED/ES + phenotype measurement from labels), ``ecg`` (heart vector
-projected on the 12 leads), ``outcomes`` (diagnoses and time-to-event), ``cohort`` (writes
-WFDB + NIfTI + manifest, in parallel, resumable).
+short-axis rendering at ED/ES; phenotypes are measured from its labels by
+:mod:`ecgcmr.data.phenotypes`), ``ecg`` (heart vector projected on the 12 leads), ``outcomes``
+(diagnoses and time-to-event), ``cohort`` (writes WFDB + NIfTI + manifest, in parallel,
+resumable); ``ceilings`` (how much of each target an ECG can hold at all) and ``controls`` (the
+dual-phase comparison in worlds where the answer is known) read the generator.
 
-Writers of test inputs in real-data formats, built from synthetic signals (what the
-converters of :mod:`ecgcmr.convert` are tested on): ``ge_xml`` (GE CardioSoft XML),
-``dicom_ecg`` (DICOM 12-lead ECG waveforms), ``dicom_cmr`` (short-axis cine DICOM series and
-zips, with a phantom whose LV volume curve is known), ``public_layouts`` (ACDC and M&Ms folders).
+The writers of test inputs in real-data formats (GE and MUSE XML, DICOM ECG and cine, CinC
+``.mat``, ACDC / M&Ms folders) live with the tests, in ``tests/writers/``.
 """

@@ -44,9 +44,8 @@ from typing import Final
 
 import numpy as np
 
-from ecgcmr.constants import LEADS
+from ecgcmr.constants import DEFAULT_SYSTOLIC_COUPLING, LEADS
 from ecgcmr.errors import DataError
-from ecgcmr.synth.physiology import DEFAULT_SYSTOLIC_COUPLING
 
 # ============================================================================================
 # Electrodes and leads
@@ -269,7 +268,7 @@ def simulate_ecg(state: Mapping[str, object], rng: np.random.Generator, fs: int 
         fs: sampling rate (Hz).
         duration_s: strip length (s).
         systolic_coupling: scales the LV strain term of low EF (see
-            ``ecgcmr.synth.physiology.DEFAULT_SYSTOLIC_COUPLING``); the draws are the same at
+            ``ecgcmr.constants.DEFAULT_SYSTOLIC_COUPLING``); the draws are the same at
             any setting.
 
     Returns:

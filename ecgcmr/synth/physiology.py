@@ -36,7 +36,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from ecgcmr.constants import PHENOTYPES
+from ecgcmr.constants import DEFAULT_SYSTOLIC_COUPLING, PHENOTYPES
 
 # ============================================================================================
 # Schema
@@ -332,8 +332,8 @@ HR_LOG_PER_EF_POINT_BELOW_50: Final[float] = 0.004
 #      effect on EF (and RVEF) is scaled by min(coupling, 1) (_apply_archetype).
 # At 0 the ECG is independent of LVEF and RVEF (so of ES anatomy beyond ED) given ED anatomy
 # and the covariates; at 1 it is the default world (the terms above as cited); above 1 the
-# direct paths 1-3 are amplified (a positive control, not a physiological claim).
-DEFAULT_SYSTOLIC_COUPLING: Final[float] = 1.0
+# direct paths 1-3 are amplified (a positive control, not a physiological claim). The default,
+# ecgcmr.constants.DEFAULT_SYSTOLIC_COUPLING, is 1.
 HR_LOG_IN_AF: Final[float] = 0.18  # ventricular rate in (rate-controlled) AF is higher
 # PR: women 158 ms (WHI, PMC3825808 Table 2; SD ~22 ms in the Hispanic/Asian strata); men a few
 # ms longer (estimate). Lengthens with age and shortens at higher heart rates.

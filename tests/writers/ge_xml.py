@@ -18,7 +18,7 @@ from xml.etree.ElementTree import Element, ElementTree, SubElement, indent
 import numpy as np
 
 from ecgcmr.constants import LEADS
-from ecgcmr.data.ecg import _normalise_lead_name  # the reader's own alias rules (private)
+from ecgcmr.data.ecg import normalise_lead_name  # the reader's own alias rules
 
 #: Our measurement name -> (CardioSoft element, unit attribute), as in UKB field 20205 files.
 _MEASUREMENT_TAGS: dict[str, tuple[str, str]] = {
@@ -85,7 +85,7 @@ def _rows_of(labels: Sequence[str]) -> list[int]:
     """Row of the signal array (LEADS order) that each file label holds."""
     rows = []
     for label in labels:
-        lead, sign = _normalise_lead_name(label)
+        lead, sign = normalise_lead_name(label)
         if lead is None or sign < 0:
             raise ValueError(f"lead label {label!r} is not one of the 12 standard leads")
         rows.append(LEADS.index(lead))

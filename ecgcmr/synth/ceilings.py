@@ -30,7 +30,7 @@ cross-validation, fixed ``seed``; R² for phenotypes, AUROC for outcomes):
     phase's anatomy. Step (b) is trained on other subjects' out-of-fold predictions (stacking).
 ``cmr_measured`` (optional, phenotypes only)
     R² of the phenotype measured from the rendered label maps
-    (:func:`ecgcmr.synth.cmr.measure_phenotypes`, as in ``manifest.csv``) against the truth,
+    (:func:`ecgcmr.data.phenotypes.measure_phenotypes`, as in ``manifest.csv``) against the truth,
     no fitting: how much of the truth the CMR labels themselves carry (disc summation on
     10 mm slices). Downstream probes are scored against these measured values.
 
@@ -450,7 +450,7 @@ class CeilingFile(NamedTuple):
 def ceiling_files(folder: str | Path | None = None) -> list[CeilingFile]:
     """Every committed ceilings table under ``folder`` (default: :data:`CEILINGS_FOLDER` under
     the project root), by coupling, then size."""
-    from ecgcmr.runs import resolve  # here: runs imports the notebooks' machinery
+    from ecgcmr.files import resolve
 
     root = Path(folder) if folder is not None else resolve(CEILINGS_FOLDER)
     found = [(CEILING_FILE.fullmatch(f.name), f) for f in root.glob("ceilings-*.csv")]

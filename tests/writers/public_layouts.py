@@ -20,7 +20,7 @@ import numpy as np
 
 from ecgcmr.constants import LABEL_LV_BLOOD, LABEL_LV_MYO, LABEL_RV_BLOOD
 from ecgcmr.convert.public_cmr import ACDC_TO_OURS, MNMS_TO_OURS
-from ecgcmr.synth.cohort import _write_nifti
+from ecgcmr.data.writers import write_nifti
 
 #: Columns of the M&Ms information CSV written here (the collection's, in its order).
 MNMS_CSV_COLUMNS: tuple[str, ...] = (
@@ -146,11 +146,11 @@ def write_acdc_patient(
     info = {"ED": ed_frame, "ES": es_frame, "Group": group, "Height": height_cm,
             "NbFrame": cine_4d.shape[3], "Weight": weight_kg}
     (folder / "Info.cfg").write_text("".join(f"{k}: {v}\n" for k, v in info.items()))
-    _write_nifti(folder, f"{pid}_4d.nii.gz", cine_4d, affine)
+    write_nifti(folder, f"{pid}_4d.nii.gz", cine_4d, affine)
     to_acdc = _inverse(ACDC_TO_OURS)
     for frame in (ed_frame, es_frame):
-        _write_nifti(folder, f"{pid}_frame{frame:02d}.nii.gz", cine_4d[..., frame - 1], affine)
-        _write_nifti(folder, f"{pid}_frame{frame:02d}_gt.nii.gz",
+        write_nifti(folder, f"{pid}_frame{frame:02d}.nii.gz", cine_4d[..., frame - 1], affine)
+        write_nifti(folder, f"{pid}_frame{frame:02d}_gt.nii.gz",
                      to_acdc[labels_4d[..., frame - 1]], affine)
     return folder
 
@@ -180,12 +180,12 @@ def write_mnms_subject(
     """
     folder = Path(root) / code
     folder.mkdir(parents=True, exist_ok=True)
-    _write_nifti(folder, f"{code}_sa.nii.gz", cine_4d, affine)
+    write_nifti(folder, f"{code}_sa.nii.gz", cine_4d, affine)
     to_mnms = _inverse(MNMS_TO_OURS)
     gt = np.zeros(labels_4d.shape, dtype=np.uint8)
     for frame in (ed_frame, es_frame):
         gt[..., frame] = to_mnms[labels_4d[..., frame]]
-    _write_nifti(folder, f"{code}_sa_gt.nii.gz", gt, affine)
+    write_nifti(folder, f"{code}_sa_gt.nii.gz", gt, affine)
     csv_path = Path(csv_path)
     new = not csv_path.is_file()
     with csv_path.open("a", newline="") as fh:

@@ -20,7 +20,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, TwelveLeadECGWaveformStorage, generate_uid
 
 from ecgcmr.constants import LEADS
-from ecgcmr.data.ecg import _normalise_lead_name  # the reader's own alias rules (private)
+from ecgcmr.data.ecg import normalise_lead_name  # the reader's own alias rules
 
 # PS3.16 CID 3001 "ECG Lead": MDC code "2:n" / SCPECG "5.6.3-9-n" and the code meaning.
 _LEAD_NUMBER: dict[str, int] = {
@@ -105,7 +105,7 @@ class _Quantiser:
 
 
 def _lead_of(label: str) -> str:
-    lead, sign = _normalise_lead_name(label.split(",")[0])
+    lead, sign = normalise_lead_name(label.split(",")[0])
     if lead is None or sign < 0:
         raise ValueError(f"lead label {label!r} is not one of the 12 standard leads")
     return lead

@@ -3,13 +3,13 @@
 The paper's claim is that aligning the ECG with CMR at both ED and ES extracts more of the
 functional phenotypes (LVEF, LVESV) than aligning with ED alone. That can only happen if the
 ECG carries systolic information beyond what ED anatomy implies. The synthetic generator's
-*systolic coupling* (:data:`ecgcmr.synth.physiology.DEFAULT_SYSTOLIC_COUPLING`) sets how much:
+*systolic coupling* (:data:`ecgcmr.constants.DEFAULT_SYSTOLIC_COUPLING`) sets how much:
 
 * at 0 (the **negative control**) the ECG is independent of LVEF given ED anatomy and the
   other state variables, so a correct pipeline finds no dual-phase gain on LVEF or LVESV
   (a paired interval that covers 0);
 * at a strong setting (the **positive control**) there is systolic information for ES
-  alignment to find, and the ceilings (:mod:`ecgcmr.evaluate.ceilings`) say how much.
+  alignment to find, and the ceilings (:mod:`ecgcmr.synth.ceilings`) say how much.
 
 One command runs them (the README's "Controls"): a grid over ``systolic_coupling`` × method ×
 seed, e.g. ``ecgcmr reproduce --set systolic_coupling=0.0,3.0 --set method=ed,dual,es

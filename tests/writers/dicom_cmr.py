@@ -37,6 +37,7 @@ from pydicom.uid import (
 )
 
 from ecgcmr.constants import LABEL_BACKGROUND, LABEL_LV_BLOOD, LABEL_LV_MYO, LABEL_RV_BLOOD
+from ecgcmr.data.cmr import spacing_from_affine
 
 #: NIfTI RAS+ <-> DICOM LPS: negate x and y (its own inverse).
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -118,7 +119,7 @@ def synthetic_sax_cine(
     if not 0 < es_frame < n_frames - 1:
         raise ValueError(f"es_frame must be inside (0, n_frames - 1), got {es_frame}")
     affine = oblique_affine() if affine is None else np.asarray(affine, dtype=np.float64)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = np.asarray(spacing_from_affine(affine))
     rng = np.random.default_rng(seed)
     lv_fraction = _radius_curve(n_frames, es_frame, _LV_ES_RADIUS_FRACTION)
     rv_fraction = _radius_curve(n_frames, es_frame, _RV_ES_RADIUS_FRACTION)

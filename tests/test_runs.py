@@ -1,0 +1,69 @@
+"""Run folders: the cache a run's notebook 01 built, and grids of runs (in-process, no CLI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ecgcmr.config import get_profile
+from ecgcmr.data.cache import build_cache, read_spec
+from ecgcmr.data.manifest import read_manifest
+from ecgcmr.errors import DataError
+from ecgcmr.runs import cache_dir_for, locate_cache, record_cache, run_grid
+
+
+def test_later_notebooks_read_the_cache_notebook_01_built_in_their_run(
+        tiny_cohort: Path, tmp_path: Path) -> None:
+    data, run = tmp_path / "data", tmp_path / "run"
+    run.mkdir()
+    profile = get_profile("tiny")
+    spec = profile.cache_spec(notch_hz=60.0)          # not the default settings
+    folder = cache_dir_for(tiny_cohort, spec.to_json(), data)
+    build_cache(read_manifest(tiny_cohort), folder, spec, workers=1)
+    record_cache(run, tiny_cohort, folder)            # what notebook 01 does
+    # notebooks 02-04 pass the default settings and the run: they get 01's cache
+    cache = locate_cache(tiny_cohort, profile.cache_spec(), data, run_dir=run)
+    assert cache.root == folder and read_spec(cache.root).ecg.notch_hz == 60.0
+    # without the record, the default settings' cache, which was never built
+    for run_dir in (None, tmp_path / "other_run"):
+        with pytest.raises(DataError, match="cache is missing"):
+            locate_cache(tiny_cohort, profile.cache_spec(), data, run_dir=run_dir)
+
+
+def _notebook(path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell('x: int = 0  # a number\n'
+                                       'run_dir: str = "runs/x"  # the run folder')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# a notebook"), params,
+                nbformat.v4.new_code_cell('assert x != 2, "this cell fails"\nprint("x is", x)')]
+    nbformat.write(nb, path)
+
+
+@pytest.mark.slow   # a kernel per cell: 77 s on 2 cores shared with a training run
+def test_a_grid_runs_its_cells_in_process_with_a_log_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / "notebooks").mkdir(parents=True)
+    _notebook(home / "notebooks" / "00_only.ipynb")
+    monkeypatch.setenv("ECGCMR_HOME", str(home))      # the pool's processes inherit it
+    grid = tmp_path / "grid"
+    with pytest.raises(ValueError, match="no_such_parameter"):   # refused before any cell
+        run_grid(grid, {"x": [1, 2], "no_such_parameter": 1})
+    assert not grid.exists()
+    assert run_grid(grid, {"x": [1, 2, 3]}, jobs=2) == {"x-1": "done", "x-2": "failed",
+                                                        "x-3": "done"}
+    assert "00_only.ipynb: done" in (grid / "x-1.log").read_text()
+    assert "00_only.ipynb: failed" in (grid / "x-2.log").read_text()
+    executed = nbformat.read(grid / "x-2" / "00_only.ipynb", as_version=4)
+    assert any(o.get("ename") == "AssertionError" for c in executed.cells
+               for o in c.get("outputs", []))                      # the error is kept
+    assert json.loads((grid / "grid.json").read_text())["cells"]["x-3"] == "done"
+    # finished cells are skipped; the failed one runs again
+    assert run_grid(grid, {"x": [1, 2, 3]}, jobs=2) == {"x-1": "skipped", "x-2": "failed",
+                                                        "x-3": "skipped"}
