@@ -20,8 +20,7 @@ TINY_N = 16
 #: cohort-scale statistics and new processes. ``make test`` runs them, ``make test-fast`` does
 #: not. An entry is a test file or a test (all its parameter sets). Chosen from measured
 #: durations, keeping at least one fast test per file: benchmarks/measured/*test-suite*.md.
-#: (A few files also mark tests ``@pytest.mark.slow`` themselves; each is listed here too, so
-#: this list is the whole slow set.)
+#: This list is the whole slow set (no test file marks itself).
 SLOW: tuple[str, ...] = (
     # the notebook series and grids under papermill
     "tests/test_notebooks.py::test_notebook_series_runs_on_the_tiny_profile",

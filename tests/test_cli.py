@@ -44,7 +44,6 @@ def test_parse_assignments() -> None:
         parse_assignments(["nothing"])
 
 
-@pytest.mark.slow
 def test_pretrain_and_embed_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = str(tmp_path / "data")
     cohort = tmp_path / "data" / "synthetic" / "tiny-n24-seed0"

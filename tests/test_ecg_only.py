@@ -138,7 +138,6 @@ def test_public_cmr_only_manifests_validate_and_preprocess(
     assert len(PairedDataset(cache, None, fields=("cmr_ed",))) == 3
 
 
-@pytest.mark.slow
 def test_notebook_03_evaluates_an_ecg_only_cohort_with_an_encoder_trained_elsewhere(
         tiny_cohort: Path, ecg_only: Path, tmp_path: Path) -> None:
     """External validation: stage B trained (one epoch) on the paired cohort; notebook 03

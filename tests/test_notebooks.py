@@ -12,7 +12,6 @@ import pytest
 from ecgcmr.runs import notebook_series, run_series
 
 
-@pytest.mark.slow
 def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     run = tmp_path / "run"
     params = {"profile": "tiny", "n_subjects": 24, "workers": 1, "n_boot": 50,
@@ -106,7 +105,6 @@ def test_unknown_parameters_are_refused(tmp_path: Path) -> None:
         run_series(tmp_path, {"no_such_parameter": 1})
 
 
-@pytest.mark.slow
 def test_a_grid_reuses_the_cohort_skips_finished_cells_and_survives_a_failing_one(
         tmp_path: Path) -> None:
     from ecgcmr.runs import run_grid

@@ -50,7 +50,6 @@ def test_another_configuration_is_refused_and_uncovered_stages_train(tmp_path: P
                               "teaching") is None
 
 
-@pytest.mark.slow
 def test_shipped_weights_reproduce_the_cards_validation_retrieval(tmp_path: Path) -> None:
     from ecgcmr.data.cache import build_cache
     from ecgcmr.data.manifest import read_manifest

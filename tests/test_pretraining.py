@@ -41,7 +41,6 @@ def _train_all_stages(root: Path) -> dict[str, object]:
     return out
 
 
-@pytest.mark.slow
 def test_the_three_stages_end_to_end(tmp_path: Path) -> None:
     """One test on purpose: the stages are trained once (a fixture shared by several tests
     is rebuilt on each pytest-xdist worker that runs one of them)."""

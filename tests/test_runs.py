@@ -45,7 +45,6 @@ def _notebook(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-@pytest.mark.slow   # a kernel per cell: 77 s on 2 cores shared with a training run
 def test_a_grid_runs_its_cells_in_process_with_a_log_each(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"

@@ -161,7 +161,6 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(batch: int, world:
     assert _per_rank_batch(8, 2) == 4 and _per_rank_batch(16, 1) == 16
 
 
-@pytest.mark.slow
 def test_ddp_on_gloo_keeps_the_ranks_identical(tmp_path: Path) -> None:
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
