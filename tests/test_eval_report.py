@@ -95,3 +95,27 @@ def test_mean_sd_of_a_metric_no_run_could_measure_says_so() -> None:
     tidy = pd.DataFrame({"method": ["dual", "dual"], "condition": ["mi", "mi"],
                          "value": [float("nan"), float("nan")]})
     assert mean_sd(tidy, ["condition"], ["method"]).loc["mi", "dual"] == "— (0)"
+
+
+def test_single_runs_print_their_value_and_say_n_1_once() -> None:
+    from ecgcmr.evaluate.report import ONE_RUN_NOTE
+
+    one = pd.DataFrame({"method": ["dual", "ed"], "target": ["lvef_pct", "lvef_pct"],
+                        "value": [0.25, 0.2]})
+    table = mean_sd(one, ["target"], ["method"])
+    assert table.loc["lvef_pct", "dual"] == "0.250" and table.attrs["note"] == ONE_RUN_NOTE
+    assert "±" not in table.to_string()
+    # several runs in one cell, one in another: no fake spread for the single run
+    mixed = pd.concat([one, one.iloc[[0]].assign(value=0.27)], ignore_index=True)
+    table = mean_sd(mixed, ["target"], ["method"])
+    assert table.loc["lvef_pct", "ed"] == "0.200 (1)" and "note" not in table.attrs
+    assert table.loc["lvef_pct", "dual"] == "0.260 ± 0.014 (2)"
+
+
+def test_combinations_no_run_made_are_left_out_or_named() -> None:
+    tidy = pd.DataFrame({"method": ["dual", "dual", "ed", "ed"],
+                         "target": ["lvef_pct", "lvef_pct", "lvef_pct", "lvedv_ml"],
+                         "value": [0.25, 0.27, 0.2, 0.5]})
+    table = mean_sd(tidy, ["target"], ["method"])
+    assert table.loc["lvedv_ml", "dual"] == "not run"       # a target ed has, dual has not
+    assert set(table.columns) == {"dual", "ed"} and not table.isna().any().any()

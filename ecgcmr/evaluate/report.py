@@ -60,19 +60,39 @@ def once_per_seed(tidy: pd.DataFrame) -> pd.DataFrame:
                                 ).reset_index(drop=True)
 
 
+#: What a table of single runs says once, instead of "± 0.000 (1)" in every cell.
+ONE_RUN_NOTE = "n = 1: one run per cell, so no spread between seeds"
+
+
 def mean_sd(tidy: pd.DataFrame, rows: list[str], columns: list[str],
             digits: int = 3) -> pd.DataFrame:
-    """A "mean ± sd (n)" table over seeds: one cell per (rows × columns) combination."""
+    """A table over seeds, one cell per (rows × columns) combination some run made.
+
+    A cell is ``"mean ± sd (n)"`` over n ≥ 2 runs, the value alone when every cell holds one
+    run (the table's ``attrs["note"]`` is then :data:`ONE_RUN_NOTE`, to be said once), ``"mean
+    (1)"`` for a single run among cells of several, ``"— (0)"`` when the runs could not measure
+    it (e.g. too few cases of a condition) and ``"not run"`` where a combination exists for
+    other rows but no run made it. Rows and columns no run made are left out.
+    """
     stats = tidy.groupby(rows + columns, dropna=False)["value"].agg(["mean", "std", "count"])
-    text = stats.apply(_mean_sd_text, axis=1, digits=digits)
-    return text.unstack(columns) if columns else text.to_frame("mean ± sd (n)")
+    single = bool((stats["count"] <= 1).all() and (stats["count"] == 1).any())
+    text = stats.apply(_mean_sd_text, axis=1, digits=digits, single=single)
+    table = text.unstack(columns) if columns else text.to_frame(
+        "value" if single else "mean ± sd (n)")
+    table = table.dropna(how="all").dropna(axis=1, how="all").fillna("not run")
+    if single:
+        table.attrs["note"] = ONE_RUN_NOTE
+    return table
 
 
-def _mean_sd_text(r: pd.Series, digits: int) -> str:
+def _mean_sd_text(r: pd.Series, digits: int, single: bool) -> str:
     if r["count"] == 0:     # no run could measure it (e.g. too few cases of a condition)
         return "— (0)"
-    sd = 0.0 if pd.isna(r["std"]) else r["std"]
-    return f"{r['mean']:.{digits}f} ± {sd:.{digits}f} ({int(r['count'])})"
+    if single:
+        return f"{r['mean']:.{digits}f}"
+    if r["count"] == 1:
+        return f"{r['mean']:.{digits}f} (1)"
+    return f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f} ({int(r['count'])})"
 
 
 def has_table(results: str | Path, table: str) -> bool:
