@@ -28,7 +28,7 @@ SLOW: tuple[str, ...] = (
     "tests/test_cli.py::test_pretrain_and_embed_commands",
     "tests/test_runs.py::test_a_grid_runs_its_cells_in_process_with_a_log_each",
     "tests/test_html_report.py::test_grid_report_links_every_cell_and_the_overview",
-    "tests/test_ecg_only.py::test_notebook_03_evaluates_an_ecg_only_cohort_with_an_encoder_trained_elsewhere",
+    "tests/test_ecg_only.py::test_notebooks_03_and_04_evaluate_an_ecg_only_cohort_with_an_encoder_trained_elsewhere",
     # training runs
     "tests/test_pretraining.py::test_the_three_stages_end_to_end",
     "tests/test_pretrained.py::test_shipped_weights_reproduce_the_cards_validation_retrieval",

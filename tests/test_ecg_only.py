@@ -1,6 +1,7 @@
 """ECG-only and CMR-only cohorts as first-class manifests: kinds, validation, the cache (an
-ECG-only subject never reaches a CMR stage), folders without CMR, and notebook 03 evaluating
-an ECG-only cohort with an encoder trained on another (paired) cohort: external validation.
+ECG-only subject never reaches a CMR stage), folders without CMR, and notebooks 03 and 04
+evaluating an ECG-only cohort with an encoder trained on another (paired) cohort: external
+validation.
 
 The encoder is stage B trained for one epoch on the shared 16-subject paired tiny cohort; the
 ECG-only cohort is a second synthetic cohort (another seed) reduced to its ECGs + a table."""
@@ -15,7 +16,7 @@ import pytest
 
 from ecgcmr.cli import main
 from ecgcmr.config import get_profile
-from ecgcmr.constants import PHENOTYPES
+from ecgcmr.constants import CONDITIONS, COVARIATES, PHENOTYPES
 from ecgcmr.data import build_cache, open_cache, read_manifest
 from ecgcmr.data.dataset import PairedDataset
 from ecgcmr.data.manifest import ManifestError, infer_kind
@@ -28,13 +29,15 @@ TINY = get_profile("tiny")
 @pytest.fixture(scope="module")
 def ecg_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ECG-only manifest built by `ecgcmr manifest folders --ecg-dir` (no --cmr-dir) from a
-    second synthetic cohort's ECG folder, with its phenotypes joined from a table."""
+    second synthetic cohort's ECG folder, with its phenotypes and outcomes joined from a
+    table."""
     root = tmp_path_factory.mktemp("ecg_only")
     paired = generate_cohort(root / "cohort", cohort_spec(TINY, seed=11, n_subjects=20),
                              workers=1, progress=False)
     table = root / "phenotypes.csv"
-    pd.read_csv(paired, dtype={"subject_id": str})[["subject_id", *PHENOTYPES]].to_csv(
-        table, index=False)
+    outcomes = [f"{c}_{k}" for c in CONDITIONS for k in ("ever", "event", "time_years")]
+    pd.read_csv(paired, dtype={"subject_id": str})[
+        ["subject_id", *PHENOTYPES, *COVARIATES, *outcomes]].to_csv(table, index=False)
     assert main(["manifest", "folders", "--ecg-dir", str(root / "cohort" / "ecg"),
                  "--table", str(table), "--out", str(root / "manifest")]) == 0
     return root / "manifest" / "manifest.csv"
@@ -138,10 +141,10 @@ def test_public_cmr_only_manifests_validate_and_preprocess(
     assert len(PairedDataset(cache, None, fields=("cmr_ed",))) == 3
 
 
-def test_notebook_03_evaluates_an_ecg_only_cohort_with_an_encoder_trained_elsewhere(
+def test_notebooks_03_and_04_evaluate_an_ecg_only_cohort_with_an_encoder_trained_elsewhere(
         tiny_cohort: Path, ecg_only: Path, tmp_path: Path) -> None:
-    """External validation: stage B trained (one epoch) on the paired cohort; notebook 03
-    embeds the ECG-only cohort with it and fits its probes there."""
+    """External validation: stage B trained (one epoch) on the paired cohort; notebooks 03 and
+    04 embed the ECG-only cohort with it and fit their heads there."""
     from ecgcmr.evaluate.phenotypes import linear_probes
     from ecgcmr.pretrain import embed_ecg, load_ecg_encoder, train_stage, with_epochs
     from ecgcmr.runs import notebook_series, run_series
@@ -153,15 +156,20 @@ def test_notebook_03_evaluates_an_ecg_only_cohort_with_an_encoder_trained_elsewh
     data = tmp_path / "data"
     assert main(["preprocess", "--manifest", str(ecg_only), "--profile", "tiny",
                  "--data-dir", str(data)]) == 0
-    nb03 = [nb for nb in notebook_series() if nb.name.startswith("03_")]
+    notebooks = [nb for nb in notebook_series() if nb.name[:3] in ("03_", "04_")]
     params = {"profile": "tiny", "manifest": str(ecg_only), "data_dir": str(data),
               "checkpoint": str(checkpoint), "n_boot": 20, "mlp_epochs": 3,
-              "with_covariates": False, "classical_baseline": False, "label_fractions": "1.0"}
+              "with_covariates": False, "classical_baseline": False, "label_fractions": "1.0",
+              "balanced_seeds": "0", "n_components": 2, "finetune_encoder": True,
+              "finetune_epochs": 1}
     run = tmp_path / "external"
-    assert run_series(run, params, nb03, progress=False) == {nb03[0].name: "done"}
+    assert run_series(run, params, notebooks, progress=False) == {
+        nb.name: "done" for nb in notebooks}
     assert not (run / "embeddings").exists()          # nothing of this run's own was read
     predictions = pd.read_csv(run / "tables" / "03_predictions.csv", dtype={"subject_id": str})
     probe = predictions[predictions["model"] == "probe"]
+    # the checkpoint's encoder was fine-tuned on this cohort too
+    assert "mlp-finetuned" in set(predictions["model"])
     cohort_ids = set(read_manifest(ecg_only)["subject_id"])
     assert set(probe["subject_id"]) <= cohort_ids and set(probe["target"]) == set(PHENOTYPES)
     # the same probe, by hand: the ECG-only cache embedded with the checkpoint
@@ -171,3 +179,11 @@ def test_notebook_03_evaluates_an_ecg_only_cohort_with_an_encoder_trained_elsewh
     merged = expected.merge(probe, on=["subject_id", "target"], suffixes=("", "_nb"))
     assert len(merged) == len(expected) > 0
     np.testing.assert_allclose(merged["y_pred_nb"], merged["y_pred"], rtol=1e-9)
+    # notebook 04: every condition scored (or NaN with its reason: 20 subjects have few cases),
+    # its per-subject scores only for this cohort's test subjects
+    classification = pd.read_csv(run / "tables" / "04_classification_metrics.csv")
+    assert set(classification["condition"]) == set(CONDITIONS)
+    scores = pd.read_csv(run / "tables" / "04_predictions.csv", dtype={"subject_id": str})
+    assert set(scores["subject_id"]) <= cohort_ids
+    survival = pd.read_csv(run / "tables" / "04_survival_metrics.csv")
+    assert set(survival["condition"]) == set(CONDITIONS)

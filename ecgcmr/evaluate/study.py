@@ -8,6 +8,7 @@ Every metric table is tidy: one row per (method, seed, model, target, metric) wi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,9 @@ from ecgcmr.evaluate.phenotypes import (
     linear_probes,
     mlp_head,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def read_embeddings(run_dir: str | Path) -> pd.DataFrame:
@@ -83,14 +87,13 @@ def phenotype_evaluation(
     return tag_run(pd.concat(metrics), method, seed), tag_run(pd.concat(predictions), method, seed)
 
 
-def finetuned_evaluation(run_dir: str | Path, cache: Cache, table: pd.DataFrame, *,
+def finetuned_evaluation(encoder: nn.Module, cache: Cache, table: pd.DataFrame, *,
                          method: str, seed: int, n_boot: int = 1000, epochs: int = 10,
                          device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The paper's head on LVEDV, LVESV, LVEF with the run's ECG encoder fine-tuned
-    (model ``mlp-finetuned``); same outputs as :func:`phenotype_evaluation`."""
-    from ecgcmr.pretrain import encoder_from_spec
-
-    encoder = encoder_from_spec(Path(run_dir) / "embeddings")
+    """The paper's head on LVEDV, LVESV, LVEF with ``encoder`` fine-tuned (model
+    ``mlp-finetuned``; a run's encoder: :func:`ecgcmr.pretrain.encoder_from_spec`, a
+    checkpoint's: :func:`ecgcmr.predict.load_encoder`); same outputs as
+    :func:`phenotype_evaluation`."""
     paper = [t for t in PAPER_PHENOTYPES if t in table.columns]
     preds = finetune_head(encoder, cache.ecg, cache.rows(), table, paper, epochs=epochs,
                           seed=seed, device=device).predictions
