@@ -105,6 +105,10 @@ def render_notebook(path: Path) -> Path:
     return out
 
 
+#: Notebook 05's generated answer paragraph, in a run's tables/.
+ANSWER_FILE = "05_answer.txt"
+
+
 def _page(title: str, body: Iterable[str]) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
@@ -119,6 +123,15 @@ def _status(run: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _answer(run: Path) -> list[str]:
+    """The generated answer of notebook 05 (:mod:`ecgcmr.evaluate.answer`), if it ran."""
+    path = run / "tables" / ANSWER_FILE
+    if not path.is_file() or not path.read_text().strip():
+        return []
+    return ["<h2>The answer, in numbers</h2>",
+            f"<p class='answer'>{html.escape(path.read_text().strip())}</p>"]
+
+
 def render_run(run_dir: str | Path) -> Path:
     """Render every executed notebook of a run folder and write its ``index.html``."""
     run = Path(run_dir)
@@ -128,7 +141,7 @@ def render_run(run_dir: str | Path) -> Path:
              "<p class='note'>Results on a <b>synthetic</b> cohort unless this run was given a "
              "real-data manifest (see the parameters): they test the pipeline and compare "
              "methods; they are not the paper's results.</p>",
-             "<h2>Notebooks</h2><ul>"]
+             *_answer(run), "<h2>Notebooks</h2><ul>"]
     for nb in notebooks:
         page = render_notebook(nb)
         state = status.get(nb.name, "not run")
@@ -164,7 +177,7 @@ def render_grid(grid_dir: str | Path) -> Path:
     """``index.html`` of a grid folder: the overview run (notebook 05 over every cell), one
     link per cell's report, and the summary table."""
     grid = Path(grid_dir)
-    parts = [f"<h1>Grid {html.escape(grid.name)}</h1>"]
+    parts = [f"<h1>Grid {html.escape(grid.name)}</h1>", *_answer(grid / OVERVIEW_RUN)]
     if (grid / OVERVIEW_RUN / "index.html").is_file():
         parts.append(f"<p><a href='{OVERVIEW_RUN}/index.html'>Overview across the grid</a> "
                      "(tables × methods, mean ± sd over seeds, and figures)</p>")

@@ -87,3 +87,14 @@ def test_grid_report_links_every_cell_and_the_overview(tmp_path: Path) -> None:
     text = index.read_text()
     assert "seed-1_method-dual/index.html" in text and "overview/index.html" in text
     assert text.count("<li>") == 2          # the overview is not listed as a cell
+
+
+def test_a_run_and_its_grid_open_with_the_generated_answer(tmp_path: Path) -> None:
+    grid = tmp_path / "grid"
+    overview = _run_folder(grid / "overview")
+    assert "The answer" not in render_run(overview).read_text()    # notebook 05 not run yet
+    (overview / "tables" / "05_answer.txt").write_text("Best method per phenotype: <dual>.\n")
+    run_page, grid_page = render_run(overview).read_text(), render_grid(grid).read_text()
+    for page in (run_page, grid_page):
+        assert "Best method per phenotype: &lt;dual&gt;." in page           # escaped
+        assert page.index("<h2>The answer") == page.index("<h2>")          # it opens the page
