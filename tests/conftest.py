@@ -51,6 +51,7 @@ SLOW: tuple[str, ...] = (
     "tests/test_benchmarks.py::test_memory",
     "tests/test_benchmarks.py::test_train_step_modes_and_encoder_alone",
     "tests/test_benchmarks.py::test_memory_stand_in_rows",
+    "tests/test_benchmarks.py::test_convergence",
     # cohort-scale statistics of the synthetic world
     "tests/test_cohort_honesty.py",
     "tests/test_synth_ecg.py::test_measured_heart_rate_is_the_state_rate",

@@ -78,6 +78,19 @@ def test_train_step(bench, tiny_cache: Path, tmp_path: Path) -> None:  # noqa: A
     assert table["mfu_pct"].isna().all()               # CPU peak unknown unless given
 
 
+def test_convergence(bench, tiny_cache: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    table = bench("convergence").main(["--cache", str(tiny_cache), "--profile", "tiny",
+                                       "--method", "ed", "--epochs", "1", "--patience", "1",
+                                       "--out", str(tmp_path)])
+    runs, diff = table.iloc[:2], table.iloc[2]
+    assert list(runs["epochs_allowed"]) == [1, 2]
+    assert (runs["epochs_run"] <= runs["epochs_allowed"]).all()
+    for target in ("lvedv_ml", "lvef_pct"):
+        assert diff[f"r2_{target}"] == pytest.approx(
+            runs[f"r2_{target}"].iloc[1] - runs[f"r2_{target}"].iloc[0])
+    assert (tmp_path / "convergence-tiny-ed-seed0-e1-p1.csv").is_file()
+
+
 def test_peak_table_matches_device_names_by_their_words(bench) -> None:  # noqa: ANN001
     train_step = bench("train_step")
     peak = train_step.peak_tflops
