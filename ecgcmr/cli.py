@@ -326,7 +326,8 @@ def _literal(raw: str) -> object:
 def _reproduce(args: argparse.Namespace) -> int:
     from ecgcmr import runs
 
-    params = {"profile": args.profile, "workers": args.workers, **parse_assignments(args.set)}
+    assigned = parse_assignments(args.set)
+    params = {"profile": args.profile, "workers": args.workers, **assigned}
     try:
         runs.check_params(params)
     except DataError:           # no notebooks to read the parameters from: main() reports it
@@ -336,7 +337,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     if any(isinstance(v, list) for v in params.values()):
         grid = runs.run_path(args.run_dir)
         print(f"grid folder: {grid}")
-        cells = runs.run_grid(grid, params, jobs=args.jobs, until=args.until)
+        cells = runs.run_grid(grid, params, jobs=args.jobs, until=args.until,
+                              name_keys=list(assigned))
         for name, state in cells.items():
             print(f"  {name}: {state}")
         print(f"summary: {grid / 'summary.csv'}; report: {grid / 'index.html'}")

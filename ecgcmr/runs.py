@@ -359,8 +359,11 @@ def run_grid(
     *,
     jobs: int = 1,
     until: str = "99",
+    name_keys: Sequence[str] | None = None,
 ) -> dict[str, str]:
-    """Run the notebook series once per grid cell, each in ``grid_dir/<cell>/``.
+    """Run the notebook series once per grid cell, each in ``grid_dir/<cell>/``, named by
+    ``name_keys`` (default: the list-valued parameters; the CLI passes every ``--set`` key,
+    so ``--set seed=1`` then ``--set seed=2`` into one folder make cells of their own).
 
     The first cell runs alone so the artifacts every cell shares (cohort, cache, and the
     stage-A/B checkpoints of its seed) are built once; the rest run ``jobs`` at a time, each in
@@ -374,7 +377,8 @@ def run_grid(
 
     grid = Path(resolve(grid_dir))
     check_params(params)   # a bad parameter is refused here, not once per cell
-    keys = [k for k, v in params.items() if isinstance(v, list)]
+    keys = (list(name_keys) if name_keys is not None
+            else [k for k, v in params.items() if isinstance(v, list)])
     cells = expand_grid(params)
     grid.mkdir(parents=True, exist_ok=True)
     wanted = [nb.name for nb in notebook_series(until=until)]

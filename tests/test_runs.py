@@ -66,3 +66,6 @@ def test_a_grid_runs_its_cells_in_process_with_a_log_each(
     # finished cells are skipped; the failed one runs again
     assert run_grid(grid, {"x": [1, 2, 3]}, jobs=2) == {"x-1": "skipped", "x-2": "failed",
                                                         "x-3": "skipped"}
+    # cells named by every key set, not only the varying ones: a later call with another
+    # single value makes cells of its own beside the earlier ones
+    assert run_grid(grid, {"x": 4}, name_keys=["x"]) == {"x-4": "done"}
