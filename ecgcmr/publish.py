@@ -25,6 +25,8 @@ from ecgcmr.constants import PHENOTYPES
 from ecgcmr.synth.ceilings import CEILINGS_FOLDER, CeilingFile, ceiling_files, committed_ceilings
 
 CONTROLS_FOLDER = Path("results") / "controls"
+#: The default run's method comparison (every method, several seeds), exported from its grid.
+COMPARISON_FOLDER = Path("results") / "comparison"
 _BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- END generated: (?P=name) -->)", re.S)
 
@@ -114,7 +116,48 @@ def render_world_ceilings(root: Path) -> str:
     return "\n".join(lines) + "\n\n" + _stamp(sources, commands) + "\n"
 
 
-RENDERERS: dict[str, Callable[[Path], str]] = {"ceilings": render_ceilings,
+def render_comparison(root: Path) -> str:
+    """The methods compared on the default synthetic cohort, from the exported runs under
+    ``results/comparison/``: the generated answer (:func:`ecgcmr.evaluate.answer.answer`), the
+    probe R² of each method (mean ± sd over seeds) beside the ECG-side ceiling, and ``dual``
+    against each other method (paired, across seeds)."""
+    from ecgcmr.constants import PAPER_PHENOTYPES
+    from ecgcmr.evaluate.answer import answer
+    from ecgcmr.evaluate.paired import paired_differences, paired_overview
+    from ecgcmr.evaluate.report import collect, has_table, mean_sd
+
+    folder = root / COMPARISON_FOLDER
+    if not folder.is_dir() or not has_table(folder, "03_phenotype_metrics"):
+        return "_No method comparison is committed yet._\n"
+    metrics = collect(folder, "03_phenotype_metrics")
+    probe = metrics[(metrics["metric"] == "r2") & (metrics["model"] == "probe")
+                    & metrics["target"].isin(PAPER_PHENOTYPES)]
+    paired = (paired_differences(collect(folder, "03_predictions"), n_boot=1000)
+              if has_table(folder, "03_predictions") else None)
+    ceilings = collect(folder, "03_ceilings") if has_table(folder, "03_ceilings") else None
+    table = mean_sd(probe, ["target"], ["method"])
+    lines = [answer(metrics, paired, ceilings), "", _markdown(table, "phenotype (probe R²)")]
+    if table.attrs.get("note"):
+        lines += ["", f"_{table.attrs['note']}._"]
+    if paired is not None and not paired.empty:
+        versus = paired_overview(paired[paired["target"].isin(PAPER_PHENOTYPES)], model="probe")
+        lines += ["", "`dual` minus each method, paired over test subjects and seeds "
+                  "(95 % CI; `*` excludes 0):", "", _markdown(versus, "phenotype")]
+    sources = sorted(folder.glob("*/tables/03_*.csv"))
+    return "\n".join(lines) + "\n\n" + _stamp(sources, "the exported runs under "
+                                              f"`{COMPARISON_FOLDER}/`") + "\n"
+
+
+def _markdown(table: pd.DataFrame, index_label: str) -> str:
+    head = f"| {index_label} | " + " | ".join(f"`{c}`" for c in table.columns) + " |"
+    rule = "|---" * (len(table.columns) + 1) + "|"
+    rows = [f"| `{i}` | " + " | ".join(str(v) for v in r) + " |"
+            for i, r in zip(table.index, table.to_numpy(), strict=True)]
+    return "\n".join([head, rule, *rows])
+
+
+RENDERERS: dict[str, Callable[[Path], str]] = {"comparison": render_comparison,
+                                                "ceilings": render_ceilings,
                                                 "controls": render_controls,
                                                 "world-ceilings": render_world_ceilings}
 

@@ -40,3 +40,32 @@ def test_a_hand_edit_is_found_and_rewritten(tmp_path: Path) -> None:
 def test_an_unknown_block_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="unknown generated block"):
         render("<!-- BEGIN generated: nope -->\n<!-- END generated: nope -->\n", tmp_path)
+
+
+def test_the_comparison_block_renders_the_committed_runs(tmp_path: Path) -> None:
+    import numpy as np
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- BEGIN generated: comparison -->\n<!-- END generated: comparison -->\n")
+    publish([doc], tmp_path)
+    assert "No method comparison is committed yet" in doc.read_text()
+    rng = np.random.default_rng(0)
+    y = rng.normal(50, 10, 40)
+    for method, quality in (("dual", 0.8), ("ed", 0.4)):
+        tables = tmp_path / "results" / "comparison" / f"method-{method}_seed-0" / "tables"
+        tables.mkdir(parents=True)
+        pred = 50 + quality * (y - 50) + rng.normal(0, 5, 40)
+        pd.DataFrame({"method": method, "seed": 0, "model": "probe", "target": "lvef_pct",
+                      "subject_id": [f"s{i}" for i in range(40)], "y_true": y, "y_pred": pred}
+                     ).to_csv(tables / "03_predictions.csv", index=False)
+        r2 = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
+        pd.DataFrame({"method": [method], "seed": [0], "model": ["probe"],
+                      "target": ["lvef_pct"], "metric": ["r2"], "value": [r2]}
+                     ).to_csv(tables / "03_phenotype_metrics.csv", index=False)
+    publish([doc], tmp_path)
+    text = doc.read_text()
+    assert "Best method per phenotype (probe R² on the test split, mean over 1 seed): LVEF dual" \
+        in text
+    assert "dual − ed (paired" in text and "| `lvef_pct` |" in text
+    assert "n = 1: one run per cell" in text and "± 0.000" not in text
+    assert publish([doc], tmp_path, check=True) == []
