@@ -1,11 +1,12 @@
 """Is a method's ECG encoder trained far enough that more training would not change the answer?
 
     python benchmarks/convergence.py --cache data/cache/<cohort>-<hash> --profile teaching \
-        --method dual --seed 0 --epochs 30 --patience 5 [--out benchmarks/results]
+        --method dual --seed 0 --epochs 30 --patience 5 [--ecg-epochs 40] [--out benchmarks/results]
 
 Trains stage C (and the stages A and B it builds on, as the profile sets them, shared through
 ``<out>/models/``) with early stopping (``--patience`` epochs without a better validation
-loss) for at most ``--epochs`` epochs, then again for at most twice as many (the warm-up and
+loss) for at most ``--epochs`` epochs (stage B for at most ``--ecg-epochs`` with the same
+patience, when given; its own encoder's probes — the ``ecg_only`` method — are a row too), then again for at most twice as many (the warm-up and
 the cosine schedule stretched with them), embeds the cache with each encoder and fits the
 linear probes of the paper's phenotypes. A recipe has converged when early stopping fired in
 the first run and the probes' test R² moves by less than ``--tolerance`` (0.01) between the
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, required=True, help="stage C's epoch cap")
     parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--ecg-epochs", type=int, default=None,
+                        help="stage B's epoch cap (default: the profile's, no early stopping)")
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
@@ -62,34 +65,43 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         cfg = profile.stage_config("cmr", seed=args.seed, phase=phase)
         init[phase] = train_stage(cache, cfg, stage_dir(models, cfg), progress=False
                                   ).out_dir / "best.pt"
-    cfg_b = profile.stage_config("ecg", seed=args.seed)  # stage B, as the profile trains it
-    init["ecg"] = train_stage(cache, cfg_b, stage_dir(models, cfg_b), progress=False
-                              ).out_dir / "best.pt"
-    rows = []
+    cfg_b = profile.stage_config("ecg", seed=args.seed, epochs=args.ecg_epochs)  # stage B
+    if args.ecg_epochs is not None:
+        cfg_b = replace(cfg_b, optim=replace(cfg_b.optim, patience=args.patience))
+    t0 = time.perf_counter()
+    result_b = train_stage(cache, cfg_b, stage_dir(models, cfg_b), progress=False)
+    init["ecg"] = result_b.out_dir / "best.pt"
+    rows = [{"method": "ecg_only", "seed": args.seed, "stage": "B",
+             "epochs_allowed": cfg_b.optim.epochs, "patience": cfg_b.optim.patience,
+             "epochs_run": result_b.epochs_run, "best_epoch": result_b.best_epoch + 1,
+             "stopped_early": result_b.stopped_early, "best_val_loss": result_b.best_val_loss,
+             "train_s": round(time.perf_counter() - t0, 1),
+             **probe_r2(init["ecg"], cache, args.seed)}]
     for cap in (args.epochs, 2 * args.epochs):
         cfg = profile.stage_config("align", seed=args.seed, method=args.method)
         cfg = with_epochs(cfg, cap)
         cfg = replace(cfg, optim=replace(cfg.optim, patience=args.patience))
         t0 = time.perf_counter()
         result = train_stage(cache, cfg, stage_dir(models, cfg), init=init, progress=False)
-        rows.append({"method": args.method, "seed": args.seed, "epochs_allowed": cap,
+        rows.append({"method": args.method, "seed": args.seed, "stage": "C", "epochs_allowed": cap,
                      "patience": args.patience, "epochs_run": result.epochs_run,
                      "best_epoch": result.best_epoch + 1,
                      "stopped_early": result.stopped_early,
+                     "best_val_loss": result.best_val_loss,
                      "train_s": round(time.perf_counter() - t0, 1),
                      **probe_r2(result.out_dir / "best.pt", cache, args.seed)})
     table = pd.DataFrame(rows)
     r2 = [c for c in table.columns if c.startswith("r2_")]
-    diff = {"method": args.method, "seed": args.seed, "epochs_allowed": "2x - 1x",
-            **{c: table[c].iloc[1] - table[c].iloc[0] for c in r2}}
+    diff = {"method": args.method, "seed": args.seed, "stage": "C", "epochs_allowed": "2x - 1x",
+            **{c: table[c].iloc[2] - table[c].iloc[1] for c in r2}}
     table = pd.concat([table, pd.DataFrame([diff])], ignore_index=True)
-    converged = bool(table["stopped_early"].iloc[0]) and all(
+    converged = bool(table["stopped_early"].iloc[1]) and all(
         abs(diff[c]) < args.tolerance for c in r2)
     print(table.to_string(index=False))
     print(f"converged (early stopping fired and |ΔR²| < {args.tolerance} for every "
           f"phenotype): {converged}")
     save_table(table, out, f"convergence-{args.profile}-{args.method}-seed{args.seed}"
-                           f"-e{args.epochs}-p{args.patience}")
+                           f"-e{args.epochs}-p{args.patience}-b{cfg_b.optim.epochs}")
     return table
 
 
