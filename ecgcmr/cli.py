@@ -106,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
                         "per stage-A checkpoint (auto: where smaller than the volumes)")
     p.set_defaults(func=_pretrain)
 
+    p = sub.add_parser("weights", help="train and export the shipped weights of one training "
+                                       "seed (every stage every method needs), with its card")
+    _data_args(p)
+    p.set_defaults(profile="teaching")
+    p.add_argument("--seed", type=int, default=0, help="training seed of the set")
+    p.add_argument("--methods", default="dual,ed,es,ecg_only",
+                   help="comma-separated methods the set serves (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="weights root (default: the package's ecgcmr/weights)")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="where stages train, resumable (default: data/weights-work/<cache>)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_weights)
+
     p = sub.add_parser("embed", help="frozen ECG embeddings of every subject -> parquet")
     _data_args(p)
     p.add_argument("--checkpoint", type=Path, help="stage-B or stage-C best.pt")
@@ -231,6 +245,27 @@ def _pretrain(args: argparse.Namespace) -> int:
                   f"{result.best_epoch + 1}; checkpoint {result.out_dir / 'best.pt'}")
     finally:
         dist.cleanup()
+    return 0
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from ecgcmr.files import resolve
+    from ecgcmr.methods import get_method
+    from ecgcmr.pretrained import WEIGHTS_ROOT, train_weight_set
+    from ecgcmr.runs import provenance
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        get_method(m)                           # an unknown name: one clear error
+    cache = _open_cache(args)
+    work = args.work_dir or resolve(args.data_dir) / "weights-work" / cache.root.name
+    command = (f"ecgcmr weights --profile {args.profile} --seed {args.seed} "
+               f"--methods {','.join(methods)}")
+    folder = train_weight_set(cache, args.profile, args.seed, methods, work_dir=work,
+                              command=command, provenance=provenance(),
+                              root=args.out or WEIGHTS_ROOT, device=args.device)
+    print(f"weights of seed {args.seed} ({', '.join(methods)}): {folder} "
+          f"(card: {folder / 'MODEL_CARD.md'})")
     return 0
 
 

@@ -33,6 +33,28 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch and BLAS on one thread each for the duration of a ``with`` block (then restored);
+    also a decorator (``@one_thread()``).
+
+    For small models, such as the evaluation heads (an MLP a hundred wide on batches of 64, a
+    Cox model on ten components): each op is too small to be worth splitting, and on 2 cores
+    synchronising two threads per op made the MLP heads 5-17x and the Cox models 3-4x slower,
+    with identical results (an op's threads split its outputs, not the sums:
+    benchmarks/measured/2026-12-07-evaluation-threads-cpu-2core.md).
+    """
+    import torch  # here: the pool helpers above need no torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def map_subjects(fn: Callable[[Job], Result], jobs: Iterable[Job], workers: int,
                  chunksize: int) -> Iterator[Result]:
     """``fn`` over ``jobs`` in order: in this process for ``workers <= 1``, else over a pool

@@ -127,7 +127,8 @@ def weights_digest(encoder: nn.Module) -> str:
 def training_data(weights: str | Path) -> dict[str, object]:
     """What a stage checkpoint was trained on, as far as the files around it tell:
     ``{"training_data": text, "synthetic": True | False | None}`` (None: unknown), plus
-    ``"shipped"`` (the profile's ``card.json`` minus other files) for a shipped file.
+    ``"shipped"`` (its set's ``card.json``: command, metrics, this file's entry) for a
+    shipped file.
 
     Looked at, in order: the shipped weights' ``card.json`` (a file whose sha256 one of them
     lists: synthetic); a run folder above it (``params.yaml``: ``manifest`` None or empty means the
@@ -138,7 +139,8 @@ def training_data(weights: str | Path) -> dict[str, object]:
     shipped = _shipped_entry(weights)
     if shipped is not None:
         return {"training_data": f"the synthetic {shipped['profile']} cohort (shipped weights, "
-                                 f"{shipped['file']['file']})", "synthetic": True,
+                                 f"seed {shipped['seed']}, {shipped['file']['file']})",
+                "synthetic": True,
                 "shipped": shipped}
     for folder in list(weights.parents)[:4]:
         params = folder / "params.yaml"
@@ -157,21 +159,21 @@ def training_data(weights: str | Path) -> dict[str, object]:
 
 
 def _shipped_entry(weights: Path) -> dict[str, object] | None:
-    from ecgcmr.pretrained import CARD, WEIGHTS_ROOT
+    from ecgcmr.pretrained import CARD, MODEL_CARD, card, set_dir, shipped_sets
 
-    if not WEIGHTS_ROOT.is_dir() or not weights.is_file():
+    if not weights.is_file():
         return None
     digest = sha256_file(weights)
-    for card_path in sorted(WEIGHTS_ROOT.glob(f"*/{CARD}")):
-        card = json.loads(card_path.read_text())
-        for entry in card.get("files", {}).values():
-            if entry.get("sha256") == digest:
-                model_card = card_path.with_name("MODEL_CARD.md")
-                return {"profile": card.get("profile"), "command": card.get("command"),
-                        "metrics": card.get("metrics"),
+    for profile, seed in shipped_sets():
+        info = card(profile, seed)
+        for entry in info["files"].values():
+            if entry["sha256"] == digest:
+                folder = set_dir(profile, seed)
+                return {"profile": profile, "seed": seed, "command": info["command"],
+                        "use": info["use"], "metrics": info["metrics"],
                         "file": {k: v for k, v in entry.items() if k != "config"},
-                        "card_json": str(card_path),
-                        "model_card_md": str(model_card) if model_card.is_file() else None}
+                        "card_json": str(folder / CARD),
+                        "model_card_md": str(folder / MODEL_CARD)}
     return None
 
 
@@ -485,7 +487,7 @@ def write_predictions(table: pd.DataFrame, out: str | Path, card: dict[str, obje
     card_path = out.with_name(out.stem + ".model_card.json")
     card_path.write_text(json.dumps(card, indent=2, default=str))
     shipped = card["encoder"].get("shipped") if isinstance(card["encoder"], dict) else None
-    if shipped and shipped.get("model_card_md"):
+    if shipped:
         shutil.copyfile(shipped["model_card_md"], out.with_name(out.stem + ".MODEL_CARD.md"))
     return card_path
 

@@ -103,7 +103,7 @@ def train_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
         task = build_task(cache, cfg, init, cmr_input="trunk" if cmr_trunk else "volume")
         train, val = datasets(cache, task, cfg, cmr_trunk)
         result = fit(task, cfg, train, val, out_dir, resume=resume, **fit_kw)
-        if dist.is_main():
+        if dist.is_main() and not result.partial:
             summary = {k: v for k, v in result.__dict__.items() if k != "out_dir"}
             done.write_text(json.dumps(summary, indent=2))
     return result
@@ -170,11 +170,20 @@ def _load_align_task(cache: Cache, best_pt: str | Path) -> tuple[StageConfig, Al
 
 
 @torch.no_grad()
-def evaluate_alignment(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
-                       batch_size: int | None = None) -> dict[str, float]:
-    """Validation loss and ECG→phase top-1/top-5 retrieval of a stage-C checkpoint on the
-    cache's validation split (what stage C reports at each epoch)."""
-    cfg, task = _load_align_task(cache, best_pt)
+def evaluate_stage(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
+                   batch_size: int | None = None) -> dict[str, float]:
+    """A checkpoint's validation metrics on the cache's validation split, as its stage
+    reports them at each epoch: the loss of any stage, and for stage C the ECG→phase
+    top-1/top-5 retrieval. Needs no training split (stage A's target scaling is read from
+    the checkpoint)."""
+    cfg, weights = load_stage(best_pt)
+    if cfg.stage == "align":
+        cfg, task = _load_align_task(cache, best_pt)
+    else:
+        task = (EcgMaeTask(cfg) if cfg.stage == "ecg" else
+                CmrRegressionTask(cfg, int(weights["n_slices"]), weights["target_mean"],
+                                  weights["target_std"]))
+        task.load_state_dict(weights)
     dev = pick_device(device)
     _, val = datasets(cache, task, cfg)
     loader = torch.utils.data.DataLoader(val, batch_size=batch_size or cfg.optim.batch_size,

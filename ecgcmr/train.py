@@ -344,6 +344,7 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     history: list[dict[str, float]]
+    partial: bool = False      # stopped by ``stop_after_steps``: no validation, no best.pt
 
 
 def fit(
@@ -359,13 +360,16 @@ def fit(
     progress: bool = True,
     channels_last: bool = False,
     compile_model: bool = False,
+    stop_after_steps: int | None = None,
 ) -> FitResult:
     """Train ``task`` with the loop described in the module docstring.
 
     ``channels_last`` stores the 3D convolutions' weights and the CMR volumes channels-last
     (``torch.channels_last_3d``: cuDNN's fast layout on GPUs); ``compile_model`` runs the
     training step through ``torch.compile``. Both are speed options with no effect on the
-    method; benchmarks/train_step.py measures each.
+    method; benchmarks/train_step.py measures each. ``stop_after_steps`` ends the run after
+    that many optimiser steps of the full schedule, logging them but neither validating nor
+    saving (a check that a logged run repeats: tests/test_pretrained.py).
 
     Writes to ``out_dir``: ``config.json``, ``last.pt`` (resume point), ``best.pt`` (weights of
     the best validation epoch + config), ``steps.csv`` and ``epochs.csv``. Returns with the best
@@ -449,6 +453,13 @@ def fit(
             bar.update()
             if len(pending) == LOG_EVERY:
                 t0 = _flush_steps(pending, out / "steps.csv", t0, bar)
+            if stop_after_steps is not None and state["step"] >= stop_after_steps:
+                if pending:
+                    _flush_steps(pending, out / "steps.csv", t0, bar)
+                bar.close()
+                return FitResult(out_dir=out, best_epoch=-1, best_val_loss=math.nan,
+                                 epochs_run=epoch, stopped_early=False, history=[],
+                                 partial=True)
         if pending:
             _flush_steps(pending, out / "steps.csv", t0, bar)
         bar.close()

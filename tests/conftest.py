@@ -31,7 +31,11 @@ SLOW: tuple[str, ...] = (
     "tests/test_ecg_only.py::test_notebooks_03_and_04_evaluate_an_ecg_only_cohort_with_an_encoder_trained_elsewhere",
     # training runs
     "tests/test_pretraining.py::test_the_three_stages_end_to_end",
-    "tests/test_pretrained.py::test_shipped_weights_reproduce_the_cards_validation_retrieval",
+    "tests/test_pretrained.py::test_a_set_holds_every_stage_its_methods_need_with_a_card_from_its_record",
+    "tests/test_pretrained.py::test_the_cards_metrics_are_what_the_shipped_files_measure",
+    "tests/test_pretrained.py::test_stage_c_retrained_from_the_shipped_files_repeats_its_logged_first_steps",
+    "tests/test_pretrained.py::test_another_configuration_is_refused_and_a_missing_one_is_not_found",
+    "tests/test_pretrained.py::test_shipped_sets_reproduce_their_validation_metrics_on_the_regenerated_cohort",
     "tests/test_train.py::test_ddp_on_gloo_keeps_the_ranks_identical",
     "tests/test_models.py::test_tiny_vit_fits_a_tiny_regression_task",
     "tests/test_trunk_cache.py::test_stage_c_trains_identically_with_and_without_the_trunk_cache",

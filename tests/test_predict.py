@@ -138,10 +138,11 @@ def test_a_bad_record_gets_a_qc_row_and_the_others_are_predicted(
 
 
 def test_shipped_and_run_weights_tell_what_they_were_trained_on(tmp_path: Path) -> None:
-    from ecgcmr.pretrained import WEIGHTS_ROOT
+    from ecgcmr.pretrained import set_dir
 
-    encoder, card = load_encoder(WEIGHTS_ROOT / "teaching" / "stage_b_ecg_mae.pt")
+    encoder, card = load_encoder(set_dir("teaching", 0) / "stage_b_ecg_mae.pt")
     assert card["synthetic"] and card["shipped"]["profile"] == "teaching"
+    assert card["shipped"]["seed"] == 0 and "not for clinical use" in card["shipped"]["use"]
     assert card["config"]["stage"] == "ecg" and len(card["weights_digest"]) == 64
     run = tmp_path / "run"
     (run / "checkpoints" / "align").mkdir(parents=True)

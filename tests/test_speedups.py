@@ -22,7 +22,7 @@ from ecgcmr.constants import LEADS
 from ecgcmr.data import cmr as cmr_data
 from ecgcmr.data import ecg as ecg_data
 from ecgcmr.data.writers import _nifti_image, write_nifti, write_wfdb
-from ecgcmr.parallel import one_blas_thread
+from ecgcmr.parallel import one_blas_thread, one_thread
 from ecgcmr.synth import cmr as render
 from ecgcmr.synth.cohort import _write_ecg, cohort_spec
 from ecgcmr.synth.ecg import simulate_ecg
@@ -271,6 +271,42 @@ def test_one_blas_thread_is_undone_after_the_block() -> None:
                    if p["user_api"] == "blas")
     assert [p["num_threads"] for p in threadpoolctl.threadpool_info()
             if p["user_api"] == "blas"] == before
+
+
+def test_the_heads_on_one_thread_give_what_two_threads_give() -> None:
+    """``one_thread`` is a speed option only: an MLP head and a Cox model on one thread
+    predict exactly what they predict on two (and the thread settings come back after)."""
+    import numpy as np
+    import pandas as pd
+    import threadpoolctl
+    import torch
+
+    from ecgcmr.evaluate.phenotypes import mlp_head
+
+    rng = np.random.default_rng(0)
+    n = 300
+    table = pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)],
+                          "split": np.repeat(["train", "val", "test"], [200, 50, 50]),
+                          "lvedv_ml": rng.normal(150, 30, n), "lvef_pct": rng.normal(60, 6, n)})
+    features = table[["subject_id", "split"]].assign(
+        **{f"e{i:03d}": rng.normal(size=n) for i in range(32)})
+    features["e000"] += (table["lvedv_ml"] - 150) / 30
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = mlp_head.__wrapped__(features, table, ["lvedv_ml", "lvef_pct"], epochs=30)
+        one = mlp_head(features, table, ["lvedv_ml", "lvef_pct"], epochs=30)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert two.predictions.equals(one.predictions) and two.best_epoch == one.best_epoch
+    blas = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    with one_thread():
+        assert torch.get_num_threads() == 1
+        assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info()
+                   if p["user_api"] == "blas")
+    assert [p["num_threads"] for p in threadpoolctl.threadpool_info()
+            if p["user_api"] == "blas"] == blas
 
 
 def test_synthesis_benchmark_runs(tmp_path: Path) -> None:

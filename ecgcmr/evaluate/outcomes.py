@@ -80,6 +80,7 @@ from ecgcmr.evaluate.phenotypes import (
     percentile_ci,
 )
 from ecgcmr.models import MlpHead
+from ecgcmr.parallel import one_thread
 
 # ============================================================================================
 # Constants
@@ -349,6 +350,7 @@ def _logistic_scores(x: np.ndarray, y: np.ndarray, masks: dict[str, np.ndarray],
     return model.decision_function(x[masks["test"]])
 
 
+@one_thread()
 def _mlp_scores(x: np.ndarray, y: np.ndarray, masks: dict[str, np.ndarray], seed: int,
                 settings: HeadSettings) -> np.ndarray:
     """The paper's head ``MlpHead(D, 1)`` with BCE; early stopping on the val BCE, the best
@@ -561,6 +563,7 @@ def _nan_row(metric: str, n: int, n_events: int, note: str) -> tuple:
     return (metric, math.nan, math.nan, math.nan, n, n_events, note)
 
 
+@one_thread()
 def cox_survival(features: pd.DataFrame, table: pd.DataFrame, condition: str, *,
                  n_components: int = 10, covariates: Sequence[str] = (),
                  penalizer: float = 0.1, horizon_years: float = 5.0, n_boot: int = 200,

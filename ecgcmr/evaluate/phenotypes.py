@@ -38,6 +38,7 @@ from ecgcmr.ecg_measurements import measure_many
 from ecgcmr.errors import DataError
 from ecgcmr.losses import masked_mse
 from ecgcmr.models import MlpHead
+from ecgcmr.parallel import one_thread
 
 # ============================================================================================
 # Constants
@@ -235,6 +236,7 @@ def _train_standardised(values: np.ndarray, train: np.ndarray,
     return (x - mean) / std
 
 
+@one_thread()
 def mlp_head(features: pd.DataFrame, table: pd.DataFrame, targets: Sequence[str], *,
              covariates: Sequence[str] = (), epochs: int = 200, patience: int = 20,
              lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 64,
