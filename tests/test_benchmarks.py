@@ -136,3 +136,12 @@ def test_memory_stand_in_rows(bench, tiny_cohort: Path, tmp_path: Path) -> None:
     assert list(cache_rows["n_subjects"]) == [20, 20, 40, 40]
     # more subjects than the 16-subject cohort: the stand-in rows repeat its files
     assert (cache_rows["mapped_mb"].iloc[2:].to_numpy() > cache_rows["mapped_mb"].iloc[:2]).all()
+
+
+def test_evaluation(bench, tiny_cache: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    table = bench("evaluation").main(["--cache", str(tiny_cache), "--profile", "tiny",
+                                      "--out", str(tmp_path)])
+    assert set(table["threads"]) == {"one thread", "default threads"}
+    assert table.groupby("threads").size().tolist() == [4, 4]
+    assert (table["seconds"] >= 0).all()
+    assert (tmp_path / "evaluation-tiny-cpu.csv").is_file()
