@@ -7,7 +7,7 @@ Trains stage C (and the stages A and B it builds on, as the profile sets them, s
 ``<out>/models/``) with early stopping (``--patience`` epochs without a better validation
 loss) for at most ``--epochs`` epochs (stage B for at most ``--ecg-epochs`` with the same
 patience, when given; its own encoder's probes — the ``ecg_only`` method — are a row too), then again for at most twice as many (the warm-up and
-the cosine schedule stretched with them), embeds the cache with each encoder and fits the
+the cosine schedule stretched with them: the profile's 40 % warm-up of the cap), embeds the cache with each encoder and fits the
 linear probes of the paper's phenotypes. A recipe has converged when early stopping fired in
 the first run and the probes' test R² moves by less than ``--tolerance`` (0.01) between the
 two. Prints and writes one row per run: epochs allowed / run, the best epoch, whether early
@@ -29,7 +29,7 @@ from ecgcmr.constants import PAPER_PHENOTYPES
 from ecgcmr.data.cache import open_cache
 from ecgcmr.evaluate.phenotypes import linear_probes, r2_score
 from ecgcmr.methods import get_method
-from ecgcmr.pretrain import embed_ecg, load_ecg_encoder, train_stage, with_epochs
+from ecgcmr.pretrain import embed_ecg, load_ecg_encoder, train_stage
 from ecgcmr.stages import stage_dir
 
 
@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
              "train_s": round(time.perf_counter() - t0, 1),
              **probe_r2(init["ecg"], cache, args.seed)}]
     for cap in (args.epochs, 2 * args.epochs):
-        cfg = profile.stage_config("align", seed=args.seed, method=args.method)
-        cfg = with_epochs(cfg, cap)
+        cfg = profile.stage_config("align", seed=args.seed, method=args.method, epochs=cap)
         cfg = replace(cfg, optim=replace(cfg.optim, patience=args.patience))
         t0 = time.perf_counter()
         result = train_stage(cache, cfg, stage_dir(models, cfg), init=init, progress=False)

@@ -105,8 +105,13 @@ PROFILES: dict[str, Profile] = {
             cmr_shape=(12, 64, 64),
             cmr_spacing_mm=(10.0, 2.4, 2.4),
             model_size="teaching",
-            epochs={"cmr": 5, "ecg": 6, "align": 8},
+            # trained until the validation loss levels off (benchmarks/convergence.py,
+            # benchmarks/measured/2026-12-07-convergence-teaching-cpu-2core.md): stage B
+            # needs ~20 epochs to leave its plateau at loss 1.0 (6 epochs never did); stage
+            # A's best is reached within 5 (20 with early stopping gave no better loss)
+            epochs={"cmr": 5, "ecg": 40, "align": 24},
             batch_size=32,
+            optim_fields={"ecg": {"patience": 4}, "align": {"patience": 4}},
         ),
         Profile(
             name="paper",

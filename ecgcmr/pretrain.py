@@ -145,15 +145,19 @@ def obtain_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
     """The best checkpoint of a stage, and its training result (None when not trained here).
 
     With ``pretrained_profile`` the weights shipped for that profile are used when they were
-    trained with exactly this configuration (:mod:`ecgcmr.pretrained`); otherwise, or for a
-    stage they do not cover, the stage is trained (or a finished one reused) in ``out_dir``.
+    trained with exactly this configuration on exactly this cohort (:mod:`ecgcmr.pretrained`);
+    otherwise, or for a stage they do not cover, the stage is trained (or a finished one
+    reused) in ``out_dir``.
     """
     if pretrained_profile:
         from ecgcmr.pretrained import shipped_checkpoint
 
-        shipped = shipped_checkpoint(cfg, pretrained_profile)
+        shipped = shipped_checkpoint(cfg, pretrained_profile, cache=cache)
         if shipped is not None:
             return shipped, None
+        if shipped_checkpoint(cfg, pretrained_profile) is not None:
+            print(f"{cfg.stage}: the shipped {pretrained_profile} weights of seed {cfg.seed} were "
+                  "trained on another cohort, so this stage is trained here")
     result = train_stage(cache, cfg, out_dir, init=init, **fit_kw)
     return result.out_dir / "best.pt", result
 

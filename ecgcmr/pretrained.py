@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -75,19 +74,25 @@ def card(profile: str, seed: int = 0, root: str | Path = WEIGHTS_ROOT) -> dict[s
     return json.loads(path.read_text())
 
 
-def shipped_checkpoint(cfg: StageConfig, profile: str,
-                       root: str | Path = WEIGHTS_ROOT) -> Path | None:
+def shipped_checkpoint(cfg: StageConfig, profile: str, root: str | Path = WEIGHTS_ROOT, *,
+                       cache: Cache | None = None) -> Path | None:
     """The shipped checkpoint of exactly this stage configuration, or None if not shipped.
 
     The set of the configuration's seed must hold the stage, trained with the same
     configuration (sizes, epochs, optimiser, method...): weights of another configuration are
     never passed off as this one, and a differing one is an error that names the difference.
+    With ``cache``, also None unless the set was trained on exactly that cohort
+    (:meth:`ecgcmr.data.cache.Cache.content_key`): weights of the default synthetic world are
+    no result for another world (a control's) or another cohort.
     """
     try:
-        entry = card(profile, cfg.seed, root)["files"].get(file_name(cfg))
+        info = card(profile, cfg.seed, root)
     except FileNotFoundError:
         return None
+    entry = info["files"].get(file_name(cfg))
     if entry is None:
+        return None
+    if cache is not None and cache.content_key() != info["cohort"]["content_key"]:
         return None
     path = set_dir(profile, cfg.seed, root) / entry["file"]
     check_same_stage(entry["config"], cfg, f"the shipped weights {path.name} of profile "
@@ -151,7 +156,6 @@ def train_weight_set(cache: Cache, profile: str, seed: int, methods: Sequence[st
         if cfg.stage == "align":
             init = {p: shipped[("cmr", p)] for p in get_method(cfg.method).phases}
             init["ecg"] = shipped[("ecg", None)]
-        t0 = time.perf_counter()
         result = train_stage(cache, cfg, stage_dir(Path(work_dir), cfg), init=init,
                              progress=progress, **fit_kw)
         name = file_name(cfg)
@@ -161,17 +165,21 @@ def train_weight_set(cache: Cache, profile: str, seed: int, methods: Sequence[st
         shipped[key] = folder / name
         (folder / "curves").mkdir(exist_ok=True)
         shutil.copy2(result.out_dir / "epochs.csv", folder / "curves" / f"{Path(name).stem}.csv")
-        steps = pd.read_csv(result.out_dir / "steps.csv").head(FIRST_STEPS)
+        steps = pd.read_csv(result.out_dir / "steps.csv")
         training[name] = {"epochs_allowed": cfg.optim.epochs, "patience": cfg.optim.patience,
                           "epochs_run": result.epochs_run, "best_epoch": result.best_epoch + 1,
                           "stopped_early": result.stopped_early,
                           "best_val_loss": result.best_val_loss,
-                          "train_s": round(time.perf_counter() - t0, 1),
-                          "first_steps": steps[["step", "loss"]].to_dict("records")}
+                          # the optimiser steps' time (from their logged rates; validation
+                          # excluded), also for a stage reused from an earlier session
+                          "train_s": round(float((cfg.optim.batch_size
+                                                  / steps["samples_per_s"]).sum()), 1),
+                          "first_steps": steps[["step", "loss"]].head(FIRST_STEPS)
+                          .to_dict("records")}
     info = {"profile": profile, "seed": seed, "methods": list(methods), "command": command,
             "provenance": dict(provenance), "use": NOT_CLINICAL,
-            "cohort": {"cache": cache.root.name, "n": {s: len(cache.rows(s))
-                                                        for s in ("train", "val", "test")}},
+            "cohort": {"cache": cache.root.name, "content_key": cache.content_key(),
+                       "n": {s: len(cache.rows(s)) for s in ("train", "val", "test")}},
             "files": files, "training": training,
             "metrics": measure_weight_set(cache, folder, files, methods, seed)}
     (folder / CARD).write_text(json.dumps(info, indent=2) + "\n")
@@ -221,7 +229,7 @@ def render_model_card(info: Mapping[str, object]) -> str:
         f"- Methods: {', '.join(info['methods'])}", "",
         "## Files and training", "",
         "| file | stage | values | epochs run / allowed | best epoch | early stop | "
-        "best validation loss | time (s) |",
+        "best validation loss | training steps (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in info["files"].items():

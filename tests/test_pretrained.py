@@ -4,6 +4,8 @@ rendered from their record, and as good on the regenerated cohort as that card s
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import pandas as pd
@@ -113,8 +115,14 @@ def test_stage_c_retrained_from_the_shipped_files_repeats_its_logged_first_steps
 
 @ONE_SET
 def test_another_configuration_is_refused_and_a_missing_one_is_not_found(tiny_set) -> None:  # noqa: ANN001
-    _, root = tiny_set
+    cache, root = tiny_set
     tiny = get_profile("tiny")
+    ecg = tiny.stage_config("ecg", seed=0)
+    # only on the cohort the set was trained on: another (here one subject fewer) trains anew
+    assert shipped_checkpoint(ecg, "tiny", root, cache=cache) is not None
+    other = dataclasses.replace(cache, index=cache.index.iloc[:-1])
+    assert other.content_key() != cache.content_key()
+    assert shipped_checkpoint(ecg, "tiny", root, cache=other) is None
     with pytest.raises(ValueError, match="differs in: optim"):
         shipped_checkpoint(tiny.stage_config("ecg", seed=0, epochs=99), "tiny", root)
     assert shipped_checkpoint(tiny.stage_config("ecg", seed=1), "tiny", root) is None

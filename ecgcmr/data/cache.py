@@ -126,6 +126,15 @@ class Cache:
         ok = self.index[self.index["ok"]]
         return ok if split is None else ok[ok["split"] == split]
 
+    def content_key(self) -> str:
+        """sha256 of what the cache holds for its manifest: every subject's id, split, QC
+        verdict and input key (its files' content and the preprocessing), in order. Paths,
+        machines and folder names do not enter it: two caches with one key hold the same
+        arrays for the same subjects (what shipped weights check they were trained on)."""
+        lines = (f"{r.subject_id}|{r.split}|{bool(r.ok)}|{r.input_key}"
+                 for r in self.index.itertuples())
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
     def arrays_of(self, subject_id: str) -> dict[str, np.ndarray]:
         """One subject's arrays by field, found through its id (never a row position)."""
         match = self.index[self.index["subject_id"] == str(subject_id)]
