@@ -37,7 +37,8 @@ class OptimConfig:
     min_lr: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.005       # not applied to biases and norm parameters
-    patience: int = 15                # early stopping on validation loss (epochs)
+    patience: int = 15                # early stopping on validation loss (epochs), once the
+    #                                   learning rate is below half its peak (ecgcmr.train)
     max_steps_per_epoch: int = 0      # 0: whole epoch; >0 caps it (smoke runs)
 
     def __post_init__(self) -> None:

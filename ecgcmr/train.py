@@ -12,7 +12,8 @@
 Each stage is a :class:`Task`: an ``nn.Module`` whose ``forward(batch, generator)`` returns the
 loss and its named terms, so one loop (:func:`fit`) serves all three, with or without DDP.
 The loop: AdamW, linear warm-up then half-cycle cosine per step, bf16 autocast on CUDA, early
-stopping on validation loss, an atomic checkpoint after every epoch (weights, optimiser, RNG
+stopping on validation loss (armed once the learning rate has decayed to half its peak:
+:data:`STOP_BELOW_LR_FRACTION`), an atomic checkpoint after every epoch (weights, optimiser, RNG
 states, config) that ``resume=True`` continues from — on CPU a resumed run ends with exactly
 the weights of an uninterrupted one — and per-step / per-epoch metrics as CSV.
 
@@ -336,6 +337,13 @@ def to_device(batch: Sequence[torch.Tensor], dev: torch.device,
 
 
 # --------------------------------------------------------------------------- the loop
+#: Early stopping only ends a run once the learning rate has decayed to this fraction of its
+#: peak. Near the peak the validation loss of stage C (and stage A) jumps by ±10 % from epoch
+#: to epoch, so a few epochs without a new best say nothing: a teaching stage C stopped at
+#: epoch 16 of 24 (best 1.947) where the full schedule reached 1.697
+#: (benchmarks/measured/2026-12-07-convergence-teaching-cpu-2core.md).
+STOP_BELOW_LR_FRACTION = 0.5
+
 @dataclass
 class FitResult:
     out_dir: Path
@@ -368,8 +376,8 @@ def fit(
     (``torch.channels_last_3d``: cuDNN's fast layout on GPUs); ``compile_model`` runs the
     training step through ``torch.compile``. Both are speed options with no effect on the
     method; benchmarks/train_step.py measures each. ``stop_after_steps`` ends the run after
-    that many optimiser steps of the full schedule, logging them but neither validating nor
-    saving (a check that a logged run repeats: tests/test_pretrained.py).
+    that many optimiser steps of the full schedule, logged; the epoch it interrupts is neither
+    validated nor saved (a check that a logged run repeats: tests/test_pretrained.py).
 
     Writes to ``out_dir``: ``config.json``, ``last.pt`` (resume point), ``best.pt`` (weights of
     the best validation epoch + config), ``steps.csv`` and ``epochs.csv``. Returns with the best
@@ -477,7 +485,9 @@ def fit(
                 _save_atomic({"model": task.state_dict(), "config": cfg.to_json(),
                               "epoch": epoch, "val_loss": metrics["val_loss"]}, out / "best.pt")
             _save_checkpoint(out / "last.pt", task, optimizer, cfg, state)
-        if state["bad_epochs"] >= opt_cfg.patience:
+        if (state["bad_epochs"] >= opt_cfg.patience
+                and lr_at(state["step"], total_steps, warmup_steps, opt_cfg)
+                <= STOP_BELOW_LR_FRACTION * opt_cfg.lr):
             stopped_early = True
             break
     if dist.is_distributed():

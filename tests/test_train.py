@@ -85,6 +85,41 @@ def test_fit_lowers_the_loss_and_writes_its_files(tmp_path: Path) -> None:
     assert set(weights) == set(task.state_dict())
 
 
+def test_early_stopping_waits_for_the_learning_rate_to_halve(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """A validation loss that never improves after the first epoch, patience 1: not stopped
+    while the learning rate is above half its peak (epochs 2 and 3 of a 6-epoch cosine with
+    no warm-up), stopped at the first epoch end below it (epoch 3: lr = 0.5 of the peak)."""
+    monkeypatch.setattr(ToyAlign, "evaluate", lambda self, loader, dev: {"val_loss": 1.0})
+    cfg = StageConfig(stage="align", seed=3, optim=OptimConfig(
+        epochs=6, warmup_epochs=0, batch_size=16, lr=1e-2, patience=1))
+    result = fit(ToyAlign(), cfg, _toy_data(), _toy_data(32, seed=1), tmp_path,
+                 progress=False)
+    assert result.stopped_early and result.best_epoch == 0
+    assert result.epochs_run == 3                # 2 without the rule, 6 without stopping
+
+
+def _seeded_toy() -> ToyAlign:
+    torch.manual_seed(0)
+    return ToyAlign()
+
+
+def test_stop_after_steps_logs_the_first_steps_of_the_full_schedule(tmp_path: Path) -> None:
+    full = fit(_seeded_toy(), _cfg(epochs=3), _toy_data(), _toy_data(32, seed=1),
+               tmp_path / "full", progress=False)
+    early = fit(_seeded_toy(), _cfg(epochs=3), _toy_data(), _toy_data(32, seed=1),
+                tmp_path / "early", progress=False, stop_after_steps=3)   # 4 steps an epoch
+    assert early.partial and not full.partial and not (tmp_path / "early" / "best.pt").exists()
+    part = fit(_seeded_toy(), _cfg(epochs=3), _toy_data(), _toy_data(32, seed=1),
+               tmp_path / "part", progress=False, stop_after_steps=6)
+    import pandas as pd
+
+    steps_full = pd.read_csv(tmp_path / "full" / "steps.csv").head(6)
+    steps_part = pd.read_csv(tmp_path / "part" / "steps.csv")
+    assert steps_part[["step", "lr", "loss"]].equals(steps_full[["step", "lr", "loss"]])
+
+
 def test_a_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
