@@ -5,7 +5,6 @@ rendered from their record, and as good on the regenerated cohort as that card s
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import pandas as pd
