@@ -111,8 +111,8 @@ def test_stop_after_steps_logs_the_first_steps_of_the_full_schedule(tmp_path: Pa
     early = fit(_seeded_toy(), _cfg(epochs=3), _toy_data(), _toy_data(32, seed=1),
                 tmp_path / "early", progress=False, stop_after_steps=3)   # 4 steps an epoch
     assert early.partial and not full.partial and not (tmp_path / "early" / "best.pt").exists()
-    part = fit(_seeded_toy(), _cfg(epochs=3), _toy_data(), _toy_data(32, seed=1),
-               tmp_path / "part", progress=False, stop_after_steps=6)
+    fit(_seeded_toy(), _cfg(epochs=3), _toy_data(), _toy_data(32, seed=1), tmp_path / "part",
+        progress=False, stop_after_steps=6)
     import pandas as pd
 
     steps_full = pd.read_csv(tmp_path / "full" / "steps.csv").head(6)
