@@ -88,7 +88,7 @@ SLOW: tuple[str, ...] = (
     "tests/test_manifest_builders.py::test_ukb_bulk_files_in_the_real_formats_become_a_cohort_the_pipeline_reads",
     # new processes: spawned ranks, subprocesses importing torch, process pools
     "tests/test_cohort.py::test_same_seed_same_cohort_whatever_the_workers",
-    "tests/test_layers.py::test_profiles_load_without_the_generator",
+    "tests/test_layers.py::test_profiles_load_without_the_generator_or_the_trainer",
     "tests/test_distributed.py::test_helpers_in_the_group",
     "tests/test_distributed.py::test_gathered_loss_and_gradients_equal_single_process",
     "tests/test_distributed.py::test_ddp_training_matches_single_process",
