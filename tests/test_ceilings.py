@@ -208,3 +208,17 @@ def test_fraction_of_ceiling_and_the_committed_table(tmp_path) -> None:  # noqa:
     table = fraction_of_ceiling(metrics, found)
     assert list(table["target"]) == ["lvef_pct", "lvedv_ml"]       # targets with a ceiling
     assert table["fraction_of_ecg_estimate"].tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_learned_r2_is_shown_beside_the_ceilings_with_the_fraction_reached() -> None:
+    from ecgcmr.synth.ceilings import beside_ceilings
+
+    r2 = pd.DataFrame({("dual", "probe"): [0.4, 0.1], ("classical", "probe"): [0.5, 0.2]},
+                      index=pd.Index(["lvedv_ml", "lvef_pct"], name="target"))
+    ceilings = pd.DataFrame({"target": ["lvef_pct", "lvedv_ml"], "ecg_estimate": [0.4, 0.8],
+                             "upper_bound": [0.6, 1.0]})
+    out = beside_ceilings(r2, ceilings)
+    assert out.loc["lvedv_ml", "dual probe / ecg_estimate"] == pytest.approx(0.5)
+    assert out.loc["lvef_pct", "classical probe / ecg_estimate"] == pytest.approx(0.5)
+    assert out.loc["lvef_pct", "upper_bound"] == 0.6 and out.loc["lvedv_ml", "dual probe"] == 0.4
+    assert beside_ceilings(r2, None) is r2                    # real data: no ceilings

@@ -489,8 +489,24 @@ def fraction_of_ceiling(metrics: pd.DataFrame, ceilings: pd.DataFrame, *,
     return out.reset_index(drop=True)
 
 
+def beside_ceilings(r2: pd.DataFrame, ceilings: pd.DataFrame | None) -> pd.DataFrame:
+    """A pivot of learned R² (index ``target``; one column per method / model) with the
+    world's ``ecg_estimate`` and ``upper_bound`` beside it and, for each learned column, the
+    fraction of the ECG-side estimate it reached (``<column> / ecg_estimate``). Returned
+    unchanged without ceilings (real data, or a world none was computed for)."""
+    if ceilings is None:
+        return r2
+    learned = r2.set_axis([" ".join(map(str, c)) if isinstance(c, tuple) else str(c)
+                           for c in r2.columns], axis=1)      # (method, model) -> one name
+    out = learned.join(ceilings.set_index("target")[["ecg_estimate", "upper_bound"]],
+                       how="left")
+    for column in learned.columns:
+        out[f"{column} / ecg_estimate"] = learned[column] / out["ecg_estimate"]
+    return out
+
+
 __all__ = [
-    "ANATOMY_ED", "ANATOMY_ES", "BOOSTING_PARAMS", "CEILINGS", "CEILINGS_FOLDER",
+    "ANATOMY_ED", "beside_ceilings", "ANATOMY_ES", "BOOSTING_PARAMS", "CEILINGS", "CEILINGS_FOLDER",
     "CEILING_FILE", "CeilingFile", "ceiling_files",
     "ECG_GENERATOR_INPUTS", "OUTCOME_TARGETS", "CeilingInputs", "ci_half_widths",
     "committed_ceilings", "compute_ceilings", "fraction_of_ceiling",
