@@ -155,22 +155,24 @@ def obtain_stage(cache: Cache, cfg: StageConfig, out_dir: str | Path, *,
         shipped = shipped_checkpoint(cfg, pretrained_profile, cache=cache)
         if shipped is not None:
             return shipped, None
-        if shipped_checkpoint(cfg, pretrained_profile) is not None:
-            print(f"{cfg.stage}: the shipped {pretrained_profile} weights of seed {cfg.seed} were "
-                  "trained on another cohort, so this stage is trained here")
     result = train_stage(cache, cfg, out_dir, init=init, **fit_kw)
     return result.out_dir / "best.pt", result
 
 
 def _load_align_task(cache: Cache, best_pt: str | Path) -> tuple[StageConfig, AlignTask]:
     """A stage-C checkpoint's configuration and its task with the trained weights."""
+    cfg, weights = load_stage(best_pt)
+    return cfg, _align_task(cache, cfg, weights)
+
+
+def _align_task(cache: Cache, cfg: StageConfig, weights: dict[str, torch.Tensor]) -> AlignTask:
+    """The stage-C task of ``cfg`` holding ``weights`` (both CMR towers built for the cache)."""
     from ecgcmr.models import build_cmr_encoder
 
-    cfg, weights = load_stage(best_pt)
     cmr = {p: build_cmr_encoder(cfg.size, n_slices=_n_slices(cache)) for p in ("ed", "es")}
     task = AlignTask(cfg, build_ecg_encoder(cfg.ecg_encoder, cfg.size), cmr)
     task.load_state_dict(weights)
-    return cfg, task
+    return task
 
 
 @torch.no_grad()
@@ -182,7 +184,7 @@ def evaluate_stage(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
     the checkpoint)."""
     cfg, weights = load_stage(best_pt)
     if cfg.stage == "align":
-        cfg, task = _load_align_task(cache, best_pt)
+        task = _align_task(cache, cfg, weights)
     else:
         task = (EcgMaeTask(cfg) if cfg.stage == "ecg" else
                 CmrRegressionTask(cfg, int(weights["n_slices"]), weights["target_mean"],

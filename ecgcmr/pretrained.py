@@ -81,7 +81,7 @@ def shipped_checkpoint(cfg: StageConfig, profile: str, root: str | Path = WEIGHT
     The set of the configuration's seed must hold the stage, trained with the same
     configuration (sizes, epochs, optimiser, method...): weights of another configuration are
     never passed off as this one, and a differing one is an error that names the difference.
-    With ``cache``, also None unless the set was trained on exactly that cohort
+    With ``cache``, also None (saying so) unless the set was trained on exactly that cohort
     (:meth:`ecgcmr.data.cache.Cache.content_key`): weights of the default synthetic world are
     no result for another world (a control's) or another cohort.
     """
@@ -92,13 +92,15 @@ def shipped_checkpoint(cfg: StageConfig, profile: str, root: str | Path = WEIGHT
     entry = info["files"].get(file_name(cfg))
     if entry is None:
         return None
-    if cache is not None and cache.content_key() != info["cohort"]["content_key"]:
-        return None
     path = set_dir(profile, cfg.seed, root) / entry["file"]
     check_same_stage(entry["config"], cfg, f"the shipped weights {path.name} of profile "
                      f"{profile!r} (use the profile's defaults, or use_pretrained=False)")
     if sha256(path) != entry["sha256"]:
         raise ValueError(f"{path} does not match its sha256 in {CARD}: the file is damaged")
+    if cache is not None and cache.content_key() != info["cohort"]["content_key"]:
+        print(f"{cfg.stage}: the shipped {profile} weights of seed {cfg.seed} were trained on "
+              "another cohort, so they are not used here")
+        return None
     return path
 
 
@@ -150,19 +152,18 @@ def train_weight_set(cache: Cache, profile: str, seed: int, methods: Sequence[st
 
     folder = set_dir(profile, seed, root)
     folder.mkdir(parents=True, exist_ok=True)
-    files, training, shipped = {}, {}, {}
+    files, training = {}, {}
+    starts = {}     # the exported stage A (per phase) and B ("ecg") files stage C starts from
     for cfg in set_configs(profile, seed, methods):
         init = {}
         if cfg.stage == "align":
-            init = {p: shipped[("cmr", p)] for p in get_method(cfg.method).phases}
-            init["ecg"] = shipped[("ecg", None)]
+            init = {k: starts[k] for k in (*get_method(cfg.method).phases, "ecg")}
         result = train_stage(cache, cfg, stage_dir(Path(work_dir), cfg), init=init,
                              progress=progress, **fit_kw)
         name = file_name(cfg)
         files[name] = export_checkpoint(result.out_dir / "best.pt", folder / name)
-        key = ("cmr", cfg.phase) if cfg.stage == "cmr" else (
-            ("ecg", None) if cfg.stage == "ecg" else ("align", cfg.method))
-        shipped[key] = folder / name
+        if cfg.stage != "align":
+            starts[cfg.phase if cfg.stage == "cmr" else "ecg"] = folder / name
         (folder / "curves").mkdir(exist_ok=True)
         shutil.copy2(result.out_dir / "epochs.csv", folder / "curves" / f"{Path(name).stem}.csv")
         steps = pd.read_csv(result.out_dir / "steps.csv")
@@ -200,10 +201,10 @@ def measure_weight_set(cache: Cache, folder: str | Path, files: Mapping[str, Map
     probes = {}
     for method in methods:
         m = get_method(method)
-        source = (f"stage_c_align_{method}.pt" if m.aligned else
-                  "stage_b_ecg_mae.pt" if m.uses_mae else None)
-        if source is None:      # random: nothing trained, nothing shipped
+        if not (m.aligned or m.uses_mae):       # random: nothing trained, nothing shipped
             continue
+        source = file_name(StageConfig(stage="align", method=method) if m.aligned
+                           else StageConfig(stage="ecg"))
         features = embed_ecg(load_ecg_encoder(folder / source), cache, device="cpu")
         preds = linear_probes(features, cache.rows(), list(PAPER_PHENOTYPES), seed=seed)
         probes[method] = {t: float(r2_score(g["y_true"].to_numpy(), g["y_pred"].to_numpy()))
