@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine (see README):
-#   make reproduce   venv + install + synthetic cohort + notebook series -> runs/$(RUN)/
+#   make reproduce   venv + install + synthetic cohort + the paper's comparison -> runs/$(RUN)/
+#                    (a grid: every method shipped for $(PROFILE) + random, every shipped seed)
 #   make test        venv + install + the whole test suite (what .ci/run calls)
 #   make test-fast   the same without the tests marked slow (tests/conftest.py, SLOW)
 PYTHON  ?= python3
@@ -7,6 +8,9 @@ VENV    ?= .venv
 PROFILE ?= teaching
 RUN     ?= default
 JOBS    ?= 2
+# what `make reproduce` runs: the comparison over the shipped weights; COMPARE= for one `dual`
+# run (e.g. make reproduce PROFILE=tiny RUN=smoke COMPARE=, a profile that ships no weights)
+COMPARE ?= --compare
 PY      := $(VENV)/bin/python
 
 .PHONY: install reproduce test test-fast lint clean-runs
@@ -20,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 reproduce: install
-	$(VENV)/bin/ecgcmr reproduce --profile $(PROFILE) --run-dir runs/$(RUN) --workers $(JOBS)
+	$(VENV)/bin/ecgcmr reproduce --profile $(PROFILE) --run-dir runs/$(RUN) --workers $(JOBS) \
+		--jobs $(JOBS) $(COMPARE)
 
 test: install
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup --durations=15

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from ecgcmr.runs import DATA_DIR
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["ecgcmr", *(sys.argv[1:] if argv is None else argv)])
     try:
         return int(args.func(args) or 0)
     except DataError as exc:  # bad input: a clear message, no traceback
@@ -139,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
                         "an optional one's 'not set'); comma-separated values make a grid: "
                         "--set seed=1,2,3 --set method=dual,ed (quoted, one value: "
                         "--set 'balanced_seeds=\"0,1\"')")
+    p.add_argument("--compare", action="store_true",
+                   help="the paper's comparison (what `make reproduce` runs): a grid of every "
+                        "method shipped for --profile plus random (and the classical "
+                        "baseline), on every shipped training seed, with the shipped weights")
     p.add_argument("--jobs", type=int, default=1, help="grid cells run in parallel")
     p.add_argument("--until", default="99", metavar="NN",
                    help="run the notebooks up to this number only (e.g. 01: data preparation)")
@@ -150,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
                    default=[Path("README.md"), Path("docs") / "controls.md"])
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if a generated block is stale")
+    p.add_argument("--comparison", type=Path, default=None, metavar="GRID",
+                   help="first replace results/comparison/ with the summary tables of this "
+                        "grid (or run) folder, e.g. runs/default of `make reproduce`")
     p.set_defaults(func=_publish)
 
     _predict_parser(sub)
@@ -163,6 +172,13 @@ def _publish(args: argparse.Namespace) -> int:
     from ecgcmr.publish import publish
 
     files = [resolve(f) for f in args.files]
+    if args.comparison is not None:
+        if args.check:
+            raise SystemExit("ecgcmr: error: --comparison writes results/comparison/; "
+                             "it cannot be combined with --check")
+        from ecgcmr.publish import export_comparison
+
+        print(f"{export_comparison(resolve(args.comparison), project_root())}: exported")
     stale = publish(files, project_root(), check=args.check)
     for file in stale:
         print(f"{file}: {'stale' if args.check else 'updated'}")
@@ -362,6 +378,14 @@ def _reproduce(args: argparse.Namespace) -> int:
     from ecgcmr import runs
 
     assigned = parse_assignments(args.set)
+    if args.compare:
+        from ecgcmr.pretrained import comparison_grid
+
+        try:
+            methods, seeds = comparison_grid(args.profile)
+        except ValueError as exc:
+            raise SystemExit(f"ecgcmr: error: {exc}") from None
+        assigned = {"method": methods, "seed": seeds, **assigned}
     params = {"profile": args.profile, "workers": args.workers, **assigned}
     try:
         runs.check_params(params)
@@ -373,7 +397,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         grid = runs.run_path(args.run_dir)
         print(f"grid folder: {grid}")
         cells = runs.run_grid(grid, params, jobs=args.jobs, until=args.until,
-                              name_keys=list(assigned))
+                              name_keys=list(assigned), command=args.command_line)
         for name, state in cells.items():
             print(f"  {name}: {state}")
         print(f"summary: {grid / 'summary.csv'}; report: {grid / 'index.html'}")

@@ -3,7 +3,9 @@
 ``render_run(run)`` converts every executed notebook of the run to HTML (nbconvert) and writes
 ``index.html``: the run's parameters and provenance, the status of each notebook with a link,
 the overview tables notebook 05 wrote, and every figure. ``render_grid(grid)`` writes an
-``index.html`` linking each cell's report beside the grid's summary table.
+``index.html`` opening with the generated answer, then notebook 05's overview tables across
+the cells (methods side by side, ceilings, paired differences) and the control figure, with a
+link to each cell's report and the grid's summary table.
 
 The HTML copies are for reading, so they are trimmed: long printed outputs keep their head and
 tail, progress bars keep their last state, and warning lines are dropped (the executed
@@ -28,8 +30,11 @@ MAX_STREAM_LINES = 40        # longer printed outputs keep their first and last 
 KEEP_HEAD, KEEP_TAIL = 25, 10
 # "…/file.py:12: UserWarning: text" and the source line that Python prints after it
 _WARNING_LINE = re.compile(r"^\S.*:\d+: \w*Warning: ")
-_OVERVIEW_TABLES = ("05_phenotypes_overview", "05_classification_overview",
-                    "05_survival_overview", "05_relative_improvement")
+# notebook 05's tables, in the order a report shows them after the answer
+_OVERVIEW_TABLES = ("05_phenotypes_overview", "05_ceilings_overview", "05_paired_overview",
+                    "05_classification_overview", "05_survival_overview",
+                    "05_relative_improvement")
+_CONTROL_FIGURE = "05_control_dual_phase.png"
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -132,6 +137,17 @@ def _answer(run: Path) -> list[str]:
             f"<p class='answer'>{html.escape(path.read_text().strip())}</p>"]
 
 
+def _overview_tables(run: Path, prefix: str = "") -> list[str]:
+    """Notebook 05's overview tables of ``run`` (links relative to the page: ``prefix``)."""
+    parts = []
+    for name in _OVERVIEW_TABLES:
+        csv_path = run / "tables" / f"{name}.csv"
+        if csv_path.is_file():
+            parts += [f"<h2>{html.escape(name)}</h2>", _table_html(csv_path),
+                      f"<p><a href='{prefix}tables/{csv_path.name}'>{csv_path.name}</a></p>"]
+    return parts
+
+
 def render_run(run_dir: str | Path) -> Path:
     """Render every executed notebook of a run folder and write its ``index.html``."""
     run = Path(run_dir)
@@ -149,11 +165,7 @@ def render_run(run_dir: str | Path) -> Path:
                      f"<span class='{state}'>{html.escape(state)}</span> "
                      f"(<a href='{nb.name}'>notebook</a>)</li>")
     parts.append("</ul>")
-    for name in _OVERVIEW_TABLES:
-        csv_path = run / "tables" / f"{name}.csv"
-        if csv_path.is_file():
-            parts += [f"<h2>{html.escape(name)}</h2>", _table_html(csv_path),
-                      f"<p><a href='tables/{csv_path.name}'>{csv_path.name}</a></p>"]
+    parts += _overview_tables(run)
     tables = sorted((run / "tables").glob("*.csv")) if (run / "tables").is_dir() else []
     if tables:
         parts.append("<h2>All tables (tidy CSV)</h2><ul>")
@@ -174,13 +186,21 @@ def render_run(run_dir: str | Path) -> Path:
 
 
 def render_grid(grid_dir: str | Path) -> Path:
-    """``index.html`` of a grid folder: the overview run (notebook 05 over every cell), one
-    link per cell's report, and the summary table."""
+    """``index.html`` of a grid folder: the answer and overview tables of the overview run
+    (notebook 05 over every cell), the control figure, one link per cell's report, and the
+    summary table."""
     grid = Path(grid_dir)
-    parts = [f"<h1>Grid {html.escape(grid.name)}</h1>", *_answer(grid / OVERVIEW_RUN)]
-    if (grid / OVERVIEW_RUN / "index.html").is_file():
+    overview = grid / OVERVIEW_RUN
+    parts = [f"<h1>Grid {html.escape(grid.name)}</h1>", *_answer(overview)]
+    if (overview / "index.html").is_file():
         parts.append(f"<p><a href='{OVERVIEW_RUN}/index.html'>Overview across the grid</a> "
-                     "(tables × methods, mean ± sd over seeds, and figures)</p>")
+                     "(every table and figure of notebook 05 over all cells)</p>")
+    parts += _overview_tables(overview, prefix=f"{OVERVIEW_RUN}/")
+    control = overview / "figures" / _CONTROL_FIGURE
+    if control.is_file():
+        src = f"{OVERVIEW_RUN}/figures/{control.name}"
+        parts += ["<h2>The dual-phase controls</h2>",
+                  f"<figure><a href='{src}'><img src='{src}' alt='controls'></a></figure>"]
     parts.append("<h2>Cells</h2><ul>")
     for cell in sorted(p for p in grid.iterdir()
                        if (p / "status.json").is_file() and p.name != OVERVIEW_RUN):

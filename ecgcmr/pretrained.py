@@ -63,6 +63,23 @@ def shipped_sets(root: str | Path = WEIGHTS_ROOT) -> list[tuple[str, int]]:
                   for p in Path(root).glob(f"*/seed*/{CARD}"))
 
 
+def comparison_grid(profile: str, root: str | Path = WEIGHTS_ROOT
+                    ) -> tuple[list[str], list[int]]:
+    """The methods and training seeds of the default comparison (``ecgcmr reproduce
+    --compare``): every method shipped in *every* set of ``profile`` (so each method has the
+    same seeds, and no cell trains), plus ``random`` (nothing to ship), on every shipped seed.
+    ValueError, naming what is shipped, when ``profile`` has no set."""
+    from ecgcmr.methods import METHODS
+
+    seeds = [s for p, s in shipped_sets(root) if p == profile]
+    if not seeds:
+        raise ValueError(f"no pretrained weights are shipped for profile {profile!r} (shipped: "
+                         f"{sorted(set(p for p, _ in shipped_sets(root))) or 'none'}); "
+                         "train them with `ecgcmr weights` or run a grid with --set method=...")
+    everywhere = set.intersection(*(set(card(profile, s, root)["methods"]) for s in seeds))
+    return [m for m in METHODS if m in everywhere or m == "random"], seeds
+
+
 def card(profile: str, seed: int = 0, root: str | Path = WEIGHTS_ROOT) -> dict[str, object]:
     """The ``card.json`` of a shipped set (FileNotFoundError, naming what is shipped, if none)."""
     path = set_dir(profile, seed, root) / CARD

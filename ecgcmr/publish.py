@@ -27,6 +27,8 @@ from ecgcmr.synth.ceilings import CEILINGS_FOLDER, CeilingFile, ceiling_files, c
 CONTROLS_FOLDER = Path("results") / "controls"
 #: The default run's method comparison (every method, several seeds), exported from its grid.
 COMPARISON_FOLDER = Path("results") / "comparison"
+#: The control campaign's figure, drawn by :func:`control_figure` (notebook 05 shows it on one world).
+COMMITTED_CONTROL_FIGURE = Path("figures") / "control_dual_phase.png"
 _BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- END generated: (?P=name) -->)", re.S)
 
@@ -116,42 +118,114 @@ def render_world_ceilings(root: Path) -> str:
     return "\n".join(lines) + "\n\n" + _stamp(sources, commands) + "\n"
 
 
+def export_comparison(results: Path, root: Path) -> Path:
+    """Replace ``results/comparison/`` with the summary tables of the grid (or run) folder
+    ``results`` (:func:`ecgcmr.evaluate.report.export_tables`) and its ``grid.json`` (the
+    command that made it); returns the folder. Earlier comparisons stay in git's history."""
+    import shutil
+
+    from ecgcmr.evaluate.report import export_tables
+
+    out = root / COMPARISON_FOLDER
+    if out.is_dir():
+        shutil.rmtree(out)
+    export_tables(results, out)
+    if (results / "grid.json").is_file():
+        shutil.copy2(results / "grid.json", out / "grid.json")
+    return out
+
+
+#: Columns of the comparison tables, in this order: the paper's method, its ablations, the floor
+#: (random) and the hand-crafted baseline.
+_METHOD_ORDER = ("dual", "ed", "es", "ecg_only", "random", "classical")
+_HEAD_ORDER = ("probe", "mlp", "mlp+covariates")
+
+
 def render_comparison(root: Path) -> str:
     """The methods compared on the default synthetic cohort, from the exported runs under
     ``results/comparison/``: the generated answer (:func:`ecgcmr.evaluate.answer.answer`), the
-    probe R² of each method (mean ± sd over seeds) beside the ECG-side ceiling, and ``dual``
-    against each other method (paired, across seeds)."""
+    R² of each method's heads (mean ± sd over seeds) beside the ECG-side ceiling, the share of
+    that ceiling reached, ``dual`` against each other method (paired, across seeds) and the
+    outcomes' balanced AUROC."""
     from ecgcmr.constants import PAPER_PHENOTYPES
     from ecgcmr.evaluate.answer import answer
     from ecgcmr.evaluate.paired import paired_differences, paired_overview
-    from ecgcmr.evaluate.report import collect, has_table, mean_sd
+    from ecgcmr.evaluate.report import balanced_mean, collect, has_table, mean_sd
 
     folder = root / COMPARISON_FOLDER
     if not folder.is_dir() or not has_table(folder, "03_phenotype_metrics"):
         return "_No method comparison is committed yet._\n"
     metrics = collect(folder, "03_phenotype_metrics")
-    probe = metrics[(metrics["metric"] == "r2") & (metrics["model"] == "probe")
-                    & metrics["target"].isin(PAPER_PHENOTYPES)]
+    paper = metrics[(metrics["metric"] == "r2") & metrics["target"].isin(PAPER_PHENOTYPES)]
     paired = (paired_differences(collect(folder, "03_predictions"), n_boot=1000)
               if has_table(folder, "03_predictions") else None)
     ceilings = collect(folder, "03_ceilings") if has_table(folder, "03_ceilings") else None
-    table = mean_sd(probe, ["target"], ["method"])
-    lines = [answer(metrics, paired, ceilings), "", _markdown(table, "phenotype (probe R²)")]
+    table = _in_method_order(mean_sd(paper, ["model", "target"], ["method"]))
+    table = table.reindex([i for m in _HEAD_ORDER for i in table.index if i[0] == m])
+    lines = [answer(metrics, paired, ceilings), "",
+             "Test-split R² of the paper's phenotypes: the linear probe on the frozen ECG "
+             "embedding, the paper's MLP head, and the head with the paper's covariates:", ""]
+    if ceilings is not None and not ceilings.empty:
+        ceiling = ceilings.groupby("target")["ecg_estimate"].mean()
+        table["ECG-side ceiling"] = [f"{ceiling[t]:.3f}" if m == "probe" else ""
+                                     for m, t in table.index]
+    lines.append(_markdown(table, "head, phenotype"))
     if table.attrs.get("note"):
         lines += ["", f"_{table.attrs['note']}._"]
+    if ceilings is not None and not ceilings.empty:
+        probe = ceilings[(ceilings["model"] == "probe") & ceilings["target"].isin(PAPER_PHENOTYPES)]
+        share = (100 * probe.groupby(["target", "method"])["fraction_of_ecg_estimate"].mean()
+                 ).unstack("method").round(0).astype(int).astype(str) + " %"
+        lines += ["", "Share of the ECG-side ceiling the probe reaches (mean over seeds):", "",
+                  _markdown(_in_method_order(share), "phenotype")]
     if paired is not None and not paired.empty:
         versus = paired_overview(paired[paired["target"].isin(PAPER_PHENOTYPES)], model="probe")
-        lines += ["", "`dual` minus each method, paired over test subjects and seeds "
-                  "(95 % CI; `*` excludes 0):", "", _markdown(versus, "phenotype")]
-    sources = sorted(folder.glob("*/tables/03_*.csv"))
-    return "\n".join(lines) + "\n\n" + _stamp(sources, "the exported runs under "
-                                              f"`{COMPARISON_FOLDER}/`") + "\n"
+        lines += ["", "`dual` minus each method (probe R²), paired over test subjects and seeds "
+                  "(95 % CI, seeds in brackets; `*` excludes 0):", "",
+                  _markdown(_in_method_order(versus), "phenotype")]
+    if has_table(folder, "04_classification_metrics"):
+        auroc = mean_sd(balanced_mean(collect(folder, "04_classification_metrics")),
+                        ["condition"], ["method"])
+        measured = (auroc != "— (0)").any(axis=1)
+        lines += ["", "Outcomes: AUROC of the MLP head on the 1:1 balanced test sets (mean of "
+                  "the balanced resamplings per seed)" + ("" if measured.all() else
+                  "; left out, too few test cases: " + ", ".join(
+                      f"`{c}`" for c in auroc.index[~measured])) + ":", "",
+                  _markdown(_in_method_order(auroc[measured]), "condition")]
+    sources = sorted(folder.glob("*/tables/*.csv"))
+    return "\n".join(lines) + "\n\n" + _stamp(sources, _comparison_origin(folder)) + "\n"
+
+
+def _in_method_order(table: pd.DataFrame) -> pd.DataFrame:
+    known = [m for m in _METHOD_ORDER if m in table.columns]
+    out = table[known + [c for c in table.columns if c not in known]]
+    out.attrs = table.attrs
+    return out
+
+
+def _comparison_origin(folder: Path) -> str:
+    """What made the exported comparison: the grid's command and the code commit of its runs."""
+    import json
+
+    shas = set()
+    for path in folder.glob("*/provenance.json"):
+        for entry in json.loads(path.read_text()).values():
+            shas.add(entry["git_sha"][:7] + ("+dirty" if entry.get("git_dirty") else ""))
+    grid = folder / "grid.json"
+    command = json.loads(grid.read_text()).get("command") if grid.is_file() else None
+    made = f"the runs of `{command}`" if command else "the exported runs"
+    return (f"{made} (code commit {', '.join(sorted(shas)) or 'unknown'}), exported to "
+            f"`{COMPARISON_FOLDER}/` by `ecgcmr publish --comparison`")
 
 
 def _markdown(table: pd.DataFrame, index_label: str) -> str:
-    head = f"| {index_label} | " + " | ".join(f"`{c}`" for c in table.columns) + " |"
+    def code(name: object) -> str:     # identifiers in code type, words as they are
+        return ", ".join(code(n) for n in name) if isinstance(name, tuple) else (
+            str(name) if " " in str(name) else f"`{name}`")
+
+    head = f"| {index_label} | " + " | ".join(code(c) for c in table.columns) + " |"
     rule = "|---" * (len(table.columns) + 1) + "|"
-    rows = [f"| `{i}` | " + " | ".join(str(v) for v in r) + " |"
+    rows = [f"| {code(i)} | " + " | ".join(str(v) for v in r) + " |"
             for i, r in zip(table.index, table.to_numpy(), strict=True)]
     return "\n".join([head, rule, *rows])
 
@@ -226,4 +300,4 @@ def control_figure(root: Path) -> Path | None:
     profiles = sorted(set(run_parameters(folder, ("profile",))["profile"].dropna()))
     fig.suptitle(f"dual-phase controls, {'/'.join(profiles)} profile (results commit "
                  f"{', '.join(commits)})", fontsize=9)
-    return save_figure(fig, root / "figures" / "control_dual_phase.png")[0]
+    return save_figure(fig, root / COMMITTED_CONTROL_FIGURE)[0]

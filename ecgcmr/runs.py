@@ -360,10 +360,12 @@ def run_grid(
     jobs: int = 1,
     until: str = "99",
     name_keys: Sequence[str] | None = None,
+    command: str | None = None,
 ) -> dict[str, str]:
     """Run the notebook series once per grid cell, each in ``grid_dir/<cell>/``, named by
     ``name_keys`` (default: the list-valued parameters; the CLI passes every ``--set`` key,
     so ``--set seed=1`` then ``--set seed=2`` into one folder make cells of their own).
+    ``command`` (the CLI's command line) is recorded in ``grid_dir/grid.json``.
 
     The first cell runs alone so the artifacts every cell shares (cohort, cache, and the
     stage-A/B checkpoints of its seed) are built once; the rest run ``jobs`` at a time, each in
@@ -401,9 +403,9 @@ def run_grid(
             states += pool.map(_run_cell, *zip(*todo[len(alone):], strict=True))
     results.update(zip((run.name for run, _, _ in todo), states, strict=True))
     results = {name: results[name] for name in names}
-    (grid / "grid.json").write_text(json.dumps({"params": {k: _plain(v) if not isinstance(
-        v, list) else [_plain(x) for x in v] for k, v in params.items()},
-        "cells": results}, indent=2))
+    (grid / "grid.json").write_text(json.dumps({"command": command, "params": {
+        k: _plain(v) if not isinstance(v, list) else [_plain(x) for x in v]
+        for k, v in params.items()}, "cells": results}, indent=2))
     summarise_grid(grid)
     if any(nb.name.startswith("05_") for nb in notebook_series(until=until)):
         _overview(grid, params, keys)

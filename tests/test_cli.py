@@ -111,3 +111,10 @@ def test_reproduce_refuses_a_bad_parameter_before_running_anything(tmp_path: Pat
             main(["reproduce", "--profile", "tiny", "--run-dir", str(tmp_path / "r"),
                   "--set", bad])
     assert not (tmp_path / "r").exists()
+
+
+def test_reproduce_compare_without_shipped_weights_says_what_is_shipped(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no pretrained weights are shipped for profile 'tiny' "
+                                         r"\(shipped: \['teaching'\]\)"):
+        main(["reproduce", "--profile", "tiny", "--compare", "--run-dir", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()

@@ -98,3 +98,23 @@ def test_a_run_and_its_grid_open_with_the_generated_answer(tmp_path: Path) -> No
     for page in (run_page, grid_page):
         assert "Best method per phenotype: &lt;dual&gt;." in page           # escaped
         assert page.index("<h2>The answer") == page.index("<h2>")          # it opens the page
+
+
+def test_a_grid_page_shows_the_overview_tables_and_the_control_figure(tmp_path: Path) -> None:
+    grid = tmp_path / "grid"
+    render_run(_run_folder(grid / "method-dual_seed-0"))
+    overview = _run_folder(grid / "overview")
+    pd.DataFrame({"target": ["lvef_pct"], "dual": ["+0.010 [-0.01, +0.03] (3)"]}).to_csv(
+        overview / "tables" / "05_paired_overview.csv", index=False)
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot([0, 1], [1, 0])
+    fig.savefig(overview / "figures" / "05_control_dual_phase.png")
+    render_run(overview)
+    index = render_grid(grid)
+    assert broken_links(index) == []
+    text = index.read_text()
+    assert "0.5 ± 0.1 (3)" in text and "+0.010 [-0.01, +0.03] (3)" in text
+    assert "overview/tables/05_paired_overview.csv" in text
+    assert "overview/figures/05_control_dual_phase.png" in text
+    # methods side by side come before the paired differences
+    assert text.index("05_phenotypes_overview") < text.index("05_paired_overview")

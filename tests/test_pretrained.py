@@ -21,6 +21,7 @@ from ecgcmr.pretrained import (
     NOT_CLINICAL,
     WEIGHTS_ROOT,
     card,
+    comparison_grid,
     file_name,
     measure_weight_set,
     render_model_card,
@@ -130,6 +131,19 @@ def test_another_configuration_is_refused_and_a_missing_one_is_not_found(tiny_se
     with pytest.raises(FileNotFoundError, match="no pretrained weights.*'tiny' seed 3.*tiny "
                                                 "seed 0"):
         card("tiny", 3, root)
+
+
+def test_the_comparison_takes_the_methods_every_set_ships_plus_random(tmp_path: Path) -> None:
+    import json
+
+    for seed, methods in ((0, ["ed", "dual", "ecg_only"]), (1, ["dual", "ecg_only"])):
+        set_dir("tiny", seed, tmp_path).mkdir(parents=True)
+        (set_dir("tiny", seed, tmp_path) / CARD).write_text(json.dumps({"methods": methods}))
+    # the methods' own order, ed left out (seed 1 lacks it: no cell may train), random added
+    assert comparison_grid("tiny", tmp_path) == (["dual", "ecg_only", "random"], [0, 1])
+    with pytest.raises(ValueError, match="no pretrained weights are shipped for profile "
+                                         "'paper'.*'tiny'"):
+        comparison_grid("paper", tmp_path)
 
 
 # --------------------------------------------------------------------------- what is shipped

@@ -62,10 +62,23 @@ def test_the_comparison_block_renders_the_committed_runs(tmp_path: Path) -> None
         pd.DataFrame({"method": [method], "seed": [0], "model": ["probe"],
                       "target": ["lvef_pct"], "metric": ["r2"], "value": [r2]}
                      ).to_csv(tables / "03_phenotype_metrics.csv", index=False)
+        # three balanced resamplings of one seed, and a condition without test cases
+        pd.DataFrame({"method": method, "seed": 0, "model": "mlp", "metric": "auroc_balanced",
+                      "condition": ["cad"] * 3 + ["cardiac_arrest"], "sampling_seed": [0, 1, 2, 0],
+                      "value": [0.6, 0.7, 0.8, None]}
+                     ).to_csv(tables / "04_classification_metrics.csv", index=False)
+        (tables.parent / "provenance.json").write_text(
+            '{"03_phenotype_regression.ipynb": {"git_sha": "abcdef123456", "git_dirty": false}}')
+    (tmp_path / "results" / "comparison" / "grid.json").write_text(
+        '{"command": "ecgcmr reproduce --compare"}')
     publish([doc], tmp_path)
     text = doc.read_text()
     assert "Best method per phenotype (probe R² on the test split, mean over 1 seed): LVEF dual" \
         in text
     assert "dual − ed (paired" in text and "| `lvef_pct` |" in text
     assert "n = 1: one run per cell" in text and "± 0.000" not in text
+    # the outcomes: one value per seed (the resamplings' mean), unmeasurable rows named, not shown
+    assert "| `cad` | 0.700 | 0.700 |" in text and "(3)" not in text
+    assert "too few test cases: `cardiac_arrest`" in text and "| `cardiac_arrest` |" not in text
+    assert "from the runs of `ecgcmr reproduce --compare` (code commit abcdef1)" in text
     assert publish([doc], tmp_path, check=True) == []

@@ -64,6 +64,15 @@ def once_per_seed(tidy: pd.DataFrame) -> pd.DataFrame:
 ONE_RUN_NOTE = "n = 1: one run per cell, so no spread between seeds"
 
 
+def balanced_mean(classification: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 04's ``auroc_balanced`` rows averaged over the balanced resamplings
+    (``sampling_seed``), one row per (method, seed, condition, model): the repeats are one
+    estimate, so they must not count as seeds in :func:`mean_sd`."""
+    rows = classification[classification["metric"] == "auroc_balanced"]
+    keys = ["method", "seed", "condition", "model", "metric"]
+    return rows.groupby(keys, as_index=False, dropna=False)["value"].mean()
+
+
 def mean_sd(tidy: pd.DataFrame, rows: list[str], columns: list[str],
             digits: int = 3) -> pd.DataFrame:
     """A table over seeds, one cell per (rows × columns) combination some run made.
