@@ -8,7 +8,8 @@ Trains stage C (and the stages A and B it builds on, as the profile sets them, s
 loss) for at most ``--epochs`` epochs (stage B for at most ``--ecg-epochs`` with the same
 patience, when given; its own encoder's probes — the ``ecg_only`` method — are a row too), then again for at most twice as many (the warm-up and
 the cosine schedule stretched with them: the profile's 40 % warm-up of the cap), embeds the cache with each encoder and fits the
-linear probes of the paper's phenotypes. A recipe has converged when early stopping fired in
+linear probes of the paper's phenotypes (``--doubled-patience`` sets the doubled run's patience
+apart, e.g. to its cap: the whole schedule). A recipe has converged when early stopping fired in
 the first run and the probes' test R² moves by less than ``--tolerance`` (0.01) between the
 two. Prints and writes one row per run: epochs allowed / run, the best epoch, whether early
 stopping fired, the probe R² per phenotype; and the difference row.
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--ecg-epochs", type=int, default=None,
                         help="stage B's epoch cap (default: the profile's, no early stopping)")
+    parser.add_argument("--doubled-patience", type=int, default=None,
+                        help="patience of the doubled run (default: --patience); its epoch "
+                             "cap (2 x --epochs) trains the whole schedule")
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
@@ -77,13 +81,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
              "stopped_early": result_b.stopped_early, "best_val_loss": result_b.best_val_loss,
              "train_s": round(time.perf_counter() - t0, 1),
              **probe_r2(init["ecg"], cache, args.seed)}]
-    for cap in (args.epochs, 2 * args.epochs):
+    doubled_patience = args.patience if args.doubled_patience is None else args.doubled_patience
+    for cap, patience in ((args.epochs, args.patience), (2 * args.epochs, doubled_patience)):
         cfg = profile.stage_config("align", seed=args.seed, method=args.method, epochs=cap)
-        cfg = replace(cfg, optim=replace(cfg.optim, patience=args.patience))
+        cfg = replace(cfg, optim=replace(cfg.optim, patience=patience))
         t0 = time.perf_counter()
         result = train_stage(cache, cfg, stage_dir(models, cfg), init=init, progress=False)
         rows.append({"method": args.method, "seed": args.seed, "stage": "C", "epochs_allowed": cap,
-                     "patience": args.patience, "epochs_run": result.epochs_run,
+                     "patience": patience, "epochs_run": result.epochs_run,
                      "best_epoch": result.best_epoch + 1,
                      "stopped_early": result.stopped_early,
                      "best_val_loss": result.best_val_loss,
@@ -100,7 +105,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(f"converged (early stopping fired and |ΔR²| < {args.tolerance} for every "
           f"phenotype): {converged}")
     save_table(table, out, f"convergence-{args.profile}-{args.method}-seed{args.seed}"
-                           f"-e{args.epochs}-p{args.patience}-b{cfg_b.optim.epochs}")
+                           f"-e{args.epochs}-p{args.patience}-p2x{doubled_patience}"
+                           f"-b{cfg_b.optim.epochs}")
     return table
 
 

@@ -81,16 +81,17 @@ def test_train_step(bench, tiny_cache: Path, tmp_path: Path) -> None:  # noqa: A
 def test_convergence(bench, tiny_cache: Path, tmp_path: Path) -> None:  # noqa: ANN001
     table = bench("convergence").main(["--cache", str(tiny_cache), "--profile", "tiny",
                                        "--method", "ed", "--epochs", "1", "--patience", "1",
-                                       "--ecg-epochs", "2", "--out", str(tmp_path)])
+                                       "--ecg-epochs", "2", "--doubled-patience", "2",
+                                       "--out", str(tmp_path)])
     stage_b, runs, diff = table.iloc[0], table.iloc[1:3], table.iloc[3]
     assert (stage_b["stage"], stage_b["epochs_allowed"]) == ("B", 2)
     assert stage_b["epochs_run"] <= 2 and stage_b["patience"] == 1
-    assert list(runs["epochs_allowed"]) == [1, 2]
+    assert list(runs["epochs_allowed"]) == [1, 2] and list(runs["patience"]) == [1, 2]
     assert (runs["epochs_run"] <= runs["epochs_allowed"]).all()
     for target in ("lvedv_ml", "lvef_pct"):
         assert diff[f"r2_{target}"] == pytest.approx(
             runs[f"r2_{target}"].iloc[1] - runs[f"r2_{target}"].iloc[0])
-    assert (tmp_path / "convergence-tiny-ed-seed0-e1-p1-b2.csv").is_file()
+    assert (tmp_path / "convergence-tiny-ed-seed0-e1-p1-p2x2-b2.csv").is_file()
 
 
 def test_peak_table_matches_device_names_by_their_words(bench) -> None:  # noqa: ANN001
