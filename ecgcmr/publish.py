@@ -167,8 +167,7 @@ def render_comparison(root: Path) -> str:
              "embedding, the paper's MLP head, and the head with the paper's covariates:", ""]
     if ceilings is not None and not ceilings.empty:
         ceiling = ceilings.groupby("target")["ecg_estimate"].mean()
-        table["ECG-side ceiling"] = [f"{ceiling[t]:.3f}" if m == "probe" else ""
-                                     for m, t in table.index]
+        table["ECG-side ceiling"] = [f"{ceiling[t]:.3f}" for _, t in table.index]
     lines.append(_markdown(table, "head, phenotype"))
     if table.attrs.get("note"):
         lines += ["", f"_{table.attrs['note']}._"]
@@ -181,7 +180,9 @@ def render_comparison(root: Path) -> str:
     if paired is not None and not paired.empty:
         versus = paired_overview(paired[paired["target"].isin(PAPER_PHENOTYPES)], model="probe")
         lines += ["", "`dual` minus each method (probe R²), paired over test subjects and seeds "
-                  "(95 % CI, seeds in brackets; `*` excludes 0):", "",
+                  "(95 % CI; `*` excludes 0" + (f"; {versus.attrs['note']}" if
+                                                 versus.attrs.get("note") else
+                                                 "; seeds in brackets") + "):", "",
                   _markdown(_in_method_order(versus), "phenotype")]
     if has_table(folder, "04_classification_metrics"):
         auroc = mean_sd(balanced_mean(collect(folder, "04_classification_metrics")),

@@ -101,7 +101,14 @@ def test_every_interval_holds_its_difference() -> None:
     versus_random = out[(out["versus"] == "random") & out["seed"].isna()]
     assert (versus_random["ci_low"] > 0).all()           # a clear difference excludes 0
     table = paired_overview(out)
-    assert table.loc["lvef_pct", "random"].endswith("* (3)")
+    # every cell has 3 seeds: said once, not in each cell
+    assert table.loc["lvef_pct", "random"].endswith("]*")
+    assert table.attrs["note"] == "n = 3 seeds in every cell"
+    # cells of different seed counts say theirs
+    uneven = paired_overview(pd.concat([out, out[out["versus"] == "ed"].assign(
+        n_seeds=2, versus="ecg_only")]))
+    assert uneven.loc["lvef_pct", "random"].endswith("]* (3)")
+    assert uneven.loc["lvef_pct", "ecg_only"].endswith(" (2)") and "note" not in uneven.attrs
 
 
 def test_one_seed_gives_the_bootstrap_interval_not_a_fake_zero() -> None:

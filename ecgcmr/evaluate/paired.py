@@ -220,18 +220,25 @@ def _relative(a: float, b: float) -> float:
 def paired_overview(paired: pd.DataFrame, *, model: str = "probe",
                     digits: int = 3) -> pd.DataFrame:
     """Target × versus table of the across-seed rows of ``model``: ``"diff [ci_low, ci_high]
-    (S)"`` with ``*`` where the CI excludes 0 (S: seeds)."""
+    (S)"`` with ``*`` where the CI excludes 0 (S: seeds). When every cell has the same number
+    of seeds it is said once, in the table's ``attrs["note"]``, instead of in each cell."""
     rows = paired[paired["seed"].isna() & (paired["model"] == model)]
+    if rows.empty:
+        return pd.DataFrame()
+    seeds = rows["n_seeds"].astype(int)
+    same = seeds.nunique() == 1
 
     def text(r: pd.Series) -> str:
         star = "*" if r["ci_low"] > 0 or r["ci_high"] < 0 else ""
         return (f"{r['diff']:+.{digits}f} [{r['ci_low']:+.{digits}f}, "
-                f"{r['ci_high']:+.{digits}f}]{star} ({int(r['n_seeds'])})")
+                f"{r['ci_high']:+.{digits}f}]{star}" + ("" if same else f" ({int(r['n_seeds'])})"))
 
-    if rows.empty:
-        return pd.DataFrame()
-    cells = rows.assign(cell=rows.apply(text, axis=1))
-    return cells.pivot(index="target", columns="versus", values="cell")
+    table = rows.assign(cell=rows.apply(text, axis=1)).pivot(index="target", columns="versus",
+                                                              values="cell")
+    if same:
+        n = int(seeds.iloc[0])
+        table.attrs["note"] = f"n = {n} seed{'s' * (n > 1)} in every cell"
+    return table
 
 
 # ============================================================================================
