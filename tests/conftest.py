@@ -25,6 +25,7 @@ SLOW: tuple[str, ...] = (
     # the notebook series and grids under papermill
     "tests/test_notebooks.py::test_notebook_series_runs_on_the_tiny_profile",
     "tests/test_notebooks.py::test_a_grid_reuses_the_cohort_skips_finished_cells_and_survives_a_failing_one",
+    "tests/test_notebooks.py::test_notebook_05_reanalyses_the_committed_comparison_and_a_run_without_alignment",
     "tests/test_cli.py::test_pretrain_and_embed_commands",
     "tests/test_runs.py::test_a_grid_runs_its_cells_in_process_with_a_log_each",
     "tests/test_html_report.py::test_grid_report_links_every_cell_and_the_overview",

@@ -130,3 +130,23 @@ def test_a_grid_reuses_the_cohort_skips_finished_cells_and_survives_a_failing_on
 
     assert broken_links(tmp_path / "grid" / "index.html") == []
     assert "seed-2_notch_hz-300.0/index.html" in (tmp_path / "grid" / "index.html").read_text()
+
+
+def test_notebook_05_reanalyses_the_committed_comparison_and_a_run_without_alignment(
+        tmp_path: Path) -> None:
+    """What export_tables keeps is enough for notebook 05 (no label-efficiency tables), and a
+    run of a method that aligned nothing (random) has no retrieval to show, not an error."""
+    from ecgcmr.files import project_root
+
+    comparison = project_root() / "results" / "comparison"
+    figures = [nb for nb in notebook_series() if nb.name.startswith("05_")]
+    for name, results in (("all", comparison), ("random", comparison / "method-random_seed-0")):
+        run = tmp_path / name
+        assert run_series(run, {"profile": "teaching", "results": str(results),
+                                "n_examples": 0}, figures, progress=False) == {
+            "05_figures.ipynb": "done"}, name
+        answer = (run / "tables" / "05_answer.txt").read_text()
+        assert answer.startswith("Best method per phenotype (probe R²")
+    assert "dual − ed (paired" in (tmp_path / "all" / "tables" / "05_answer.txt").read_text()
+    paired = pd.read_csv(tmp_path / "all" / "tables" / "05_paired_overview.csv")
+    assert {"ed", "es", "random"} <= set(paired.columns)
