@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -161,17 +161,18 @@ def render_comparison(root: Path) -> str:
               if has_table(folder, "03_predictions") else None)
     ceilings = collect(folder, "03_ceilings") if has_table(folder, "03_ceilings") else None
     table = _in_method_order(mean_sd(paper, ["model", "target"], ["method"]))
-    table = table.reindex([i for m in _HEAD_ORDER for i in table.index if i[0] == m])
+    table = table.reindex(sorted(table.index, key=lambda i: _rank(i[0], _HEAD_ORDER)))
     lines = [answer(metrics, paired, ceilings), "",
              "Test-split R² of the paper's phenotypes: the linear probe on the frozen ECG "
              "embedding, the paper's MLP head, and the head with the paper's covariates:", ""]
-    if ceilings is not None and not ceilings.empty:
+    has_ceilings = ceilings is not None and not ceilings.empty
+    if has_ceilings:
         ceiling = ceilings.groupby("target")["ecg_estimate"].mean()
         table["ECG-side ceiling"] = [f"{ceiling[t]:.3f}" for _, t in table.index]
     lines.append(_markdown(table, "head, phenotype"))
     if table.attrs.get("note"):
         lines += ["", f"_{table.attrs['note']}._"]
-    if ceilings is not None and not ceilings.empty:
+    if has_ceilings:
         probe = ceilings[(ceilings["model"] == "probe") & ceilings["target"].isin(PAPER_PHENOTYPES)]
         share = (100 * probe.groupby(["target", "method"])["fraction_of_ecg_estimate"].mean()
                  ).unstack("method").round(0).astype(int).astype(str) + " %"
@@ -197,11 +198,13 @@ def render_comparison(root: Path) -> str:
     return "\n".join(lines) + "\n\n" + _stamp(sources, _comparison_origin(folder)) + "\n"
 
 
+def _rank(label: str, order: Sequence[str]) -> int:
+    """Position of ``label`` in ``order``; labels it does not name come after, as they were."""
+    return order.index(label) if label in order else len(order)
+
+
 def _in_method_order(table: pd.DataFrame) -> pd.DataFrame:
-    known = [m for m in _METHOD_ORDER if m in table.columns]
-    out = table[known + [c for c in table.columns if c not in known]]
-    out.attrs = table.attrs
-    return out
+    return table[sorted(table.columns, key=lambda c: _rank(c, _METHOD_ORDER))]
 
 
 def _comparison_origin(folder: Path) -> str:

@@ -475,11 +475,12 @@ def summarise_grid(grid_dir: str | Path) -> pd.DataFrame:
     if not frames:
         summary = pd.DataFrame(columns=["table", "metric", "mean", "sd", "n_seeds"])
     else:
-        from ecgcmr.evaluate.report import VALUE_COLUMNS, once_per_seed
+        from ecgcmr.evaluate.report import VALUE_COLUMNS, mean_over_resamplings, once_per_seed
 
-        tidy = once_per_seed(pd.concat(frames, ignore_index=True))
+        # a run's balanced resamplings are one value of that run, not seeds
+        tidy = mean_over_resamplings(once_per_seed(pd.concat(frames, ignore_index=True)))
         # everything that is not a seed or a number identifies what was measured
-        by = [c for c in tidy.columns if c not in ("seed", "sampling_seed", *VALUE_COLUMNS)]
+        by = [c for c in tidy.columns if c not in ("seed", *VALUE_COLUMNS)]
         summary = (tidy.groupby(by, dropna=False)["value"]
                    .agg(mean="mean", sd="std", n_seeds="count").reset_index())
     summary.to_csv(grid / "summary.csv", index=False)

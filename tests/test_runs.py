@@ -69,3 +69,20 @@ def test_a_grid_runs_its_cells_in_process_with_a_log_each(
     # cells named by every key set, not only the varying ones: a later call with another
     # single value makes cells of its own beside the earlier ones
     assert run_grid(grid, {"x": 4}, name_keys=["x"]) == {"x-4": "done"}
+
+
+def test_the_grid_summary_counts_seeds_not_balanced_resamplings(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from ecgcmr.runs import summarise_grid
+
+    for seed in (0, 1):
+        tables = tmp_path / f"seed-{seed}" / "tables"
+        tables.mkdir(parents=True)
+        pd.DataFrame({"method": "dual", "seed": seed, "condition": "cad", "model": "mlp",
+                      "sampling_seed": [0, 1, 2], "metric": "auroc_balanced",
+                      "value": [0.6 + seed / 10, 0.7 + seed / 10, 0.8 + seed / 10]}
+                     ).to_csv(tables / "04_classification_metrics.csv", index=False)
+    row = summarise_grid(tmp_path).iloc[0]
+    assert row["n_seeds"] == 2 and row["mean"] == pytest.approx(0.75)
+    assert row["sd"] == pytest.approx(0.1 / 2 ** 0.5)      # the two seeds' means 0.7 and 0.8

@@ -64,13 +64,20 @@ def once_per_seed(tidy: pd.DataFrame) -> pd.DataFrame:
 ONE_RUN_NOTE = "n = 1: one run per cell, so no spread between seeds"
 
 
+def mean_over_resamplings(tidy: pd.DataFrame) -> pd.DataFrame:
+    """A tidy table with its ``value`` averaged over ``sampling_seed`` (notebook 04's balanced
+    resamplings of one run), one row per everything else it names: the repeats are one
+    estimate, so they must not count as seeds. Tables without ``sampling_seed`` are returned
+    as they are."""
+    if "sampling_seed" not in tidy.columns:
+        return tidy
+    keys = [c for c in tidy.columns if c not in ("sampling_seed", *VALUE_COLUMNS)]
+    return tidy.groupby(keys, as_index=False, dropna=False)["value"].mean()
+
+
 def balanced_mean(classification: pd.DataFrame) -> pd.DataFrame:
-    """Notebook 04's ``auroc_balanced`` rows averaged over the balanced resamplings
-    (``sampling_seed``), one row per (method, seed, condition, model): the repeats are one
-    estimate, so they must not count as seeds in :func:`mean_sd`."""
-    rows = classification[classification["metric"] == "auroc_balanced"]
-    keys = ["method", "seed", "condition", "model", "metric"]
-    return rows.groupby(keys, as_index=False, dropna=False)["value"].mean()
+    """Notebook 04's ``auroc_balanced`` rows, one per run (:func:`mean_over_resamplings`)."""
+    return mean_over_resamplings(classification[classification["metric"] == "auroc_balanced"])
 
 
 def mean_sd(tidy: pd.DataFrame, rows: list[str], columns: list[str],
