@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-from ecgcmr.evaluate.report import OVERVIEW_RUN
+from ecgcmr.evaluate.report import OVERVIEW_RUN, SHARED_RUNS
 
 MAX_STREAM_LINES = 40        # longer printed outputs keep their first and last lines
 KEEP_HEAD, KEEP_TAIL = 25, 10
@@ -195,6 +195,9 @@ def render_grid(grid_dir: str | Path) -> Path:
     if (overview / "index.html").is_file():
         parts.append(f"<p><a href='{OVERVIEW_RUN}/index.html'>Overview across the grid</a> "
                      "(every table and figure of notebook 05 over all cells)</p>")
+    for shared in sorted((grid / SHARED_RUNS).glob("*/index.html")):
+        parts.append(f"<p><a href='{shared.relative_to(grid)}'>Data preparation</a> (the "
+                     "cohort and the cache, notebooks 00-01, shared by every cell)</p>")
     parts += _overview_tables(overview, prefix=f"{OVERVIEW_RUN}/")
     control = overview / "figures" / _CONTROL_FIGURE
     if control.is_file():

@@ -367,9 +367,12 @@ def run_grid(
     so ``--set seed=1`` then ``--set seed=2`` into one folder make cells of their own).
     ``command`` (the CLI's command line) is recorded in ``grid_dir/grid.json``.
 
-    The first cell runs alone so the artifacts every cell shares (cohort, cache, and the
-    stage-A/B checkpoints of its seed) are built once; the rest run ``jobs`` at a time, each in
-    a process of its own (:func:`run_series`, its output in ``grid_dir/<cell>.log``). A
+    What does not differ between cells runs once: the data preparation (notebooks 00-01),
+    when no grid parameter is one of theirs, in ``grid_dir/shared/data-<settings>/``
+    (:func:`_prepare_shared_data`; each cell then reads the cache it recorded), and notebook
+    05, over every cell, in ``grid_dir/overview/``. Otherwise the first cell runs alone so the
+    cohort and cache every cell shares are built once. The cells run ``jobs`` at a time, each
+    in a process of its own (:func:`run_series`, its output in ``grid_dir/<cell>.log``). A
     finished cell is skipped; a failing cell keeps its executed notebook with the error and
     does not stop the others. Ends by writing ``grid_dir/summary.csv`` (mean ± sd over seeds
     of every tidy metric table).
@@ -379,22 +382,36 @@ def run_grid(
 
     grid = Path(resolve(grid_dir))
     check_params(params)   # a bad parameter is refused here, not once per cell
-    keys = (list(name_keys) if name_keys is not None
-            else [k for k, v in params.items() if isinstance(v, list)])
+    varying = [k for k, v in params.items() if isinstance(v, list)]
+    keys = list(name_keys) if name_keys is not None else varying
     cells = expand_grid(params)
     grid.mkdir(parents=True, exist_ok=True)
-    wanted = [nb.name for nb in notebook_series(until=until)]
+    series = notebook_series(until=until)
+    overview = any(nb.name.startswith("05_") for nb in series)
+    per_cell = [nb for nb in series if not (overview and nb.name.startswith("05_"))]
+    shared = _shared_data_notebooks(per_cell, varying)
+    if shared == per_cell:   # nothing left for the cells (e.g. --until 01): each runs them
+        shared = []
+    per_cell = [nb for nb in per_cell if nb not in shared]
 
     def finished(name: str) -> bool:
         status_file = grid / name / "status.json"
         status = json.loads(status_file.read_text()) if status_file.is_file() else {}
-        return all(status.get(nb) == "done" for nb in wanted)
+        return all(status.get(nb.name) == "done" for nb in per_cell)
 
     names = [cell_name(cell, keys) for cell in cells]
     results = {name: "skipped" for name in names if finished(name)}
-    todo = [(grid / name, cell, until) for name, cell in zip(names, cells, strict=True)
+    todo = [(grid / name, cell, per_cell) for name, cell in zip(names, cells, strict=True)
             if name not in results]
-    alone = todo[:1] if names[0] not in results else []
+    record = _prepare_shared_data(grid, cells[0], shared) if shared and todo else None
+    if shared and todo and record is None:   # its notebook shows the error
+        results.update({run.name: "failed" for run, _, _ in todo})
+        todo = []
+    for run, _, _ in todo:
+        if record is not None:   # the cache the shared notebook 01 built, for 02-04
+            new_run_dir(str(run))
+            (run / RUN_CACHE).write_text(record)
+    alone = todo[:1] if not shared and names[0] not in results else []
     # spawn, not fork: each worker a fresh interpreter, as a command of its own would be
     with ProcessPoolExecutor(max_workers=max(1, jobs),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -407,13 +424,50 @@ def run_grid(
         k: _plain(v) if not isinstance(v, list) else [_plain(x) for x in v]
         for k, v in params.items()}, "cells": results}, indent=2))
     summarise_grid(grid)
-    if any(nb.name.startswith("05_") for nb in notebook_series(until=until)):
+    if overview:
         _overview(grid, params, keys)
     _render_report(grid, grid=True)
     return results
 
 
-def _run_cell(run_dir: Path, params: dict[str, object], until: str) -> str:
+#: The notebooks that prepare the data (the cohort, the cache): those ``--until 01`` runs.
+DATA_PREPARATION = "01"
+
+
+def _shared_data_notebooks(series: Sequence[Path], varying: Sequence[str]) -> list[Path]:
+    """The data-preparation notebooks of ``series`` when no grid parameter in ``varying``
+    is one of theirs (then every cell would build and show the same cohort and cache), else
+    none. They write nothing a later notebook reads but the cache record (``RUN_CACHE``)."""
+    import papermill as pm
+
+    prep = [nb for nb in series if nb.name[:2] <= DATA_PREPARATION]
+    declared = {name for nb in prep for name in pm.inspect_notebook(str(nb))}
+    return prep if not declared & set(varying) else []
+
+
+def _prepare_shared_data(grid: Path, cell: Mapping[str, object],
+                         notebooks: Sequence[Path]) -> str | None:
+    """Run the data preparation once for the grid, in ``grid/shared/data-<hash>`` (named by
+    the settings those notebooks get, so a later call with other data settings into the same
+    grid gets a run of its own); the cache record the cells read, or None if it failed."""
+    import hashlib
+
+    import papermill as pm
+
+    from ecgcmr.evaluate.report import SHARED_RUNS
+
+    declared = {name for nb in notebooks for name in pm.inspect_notebook(str(nb))}
+    settings = {k: _plain(v) for k, v in sorted(cell.items()) if k in declared}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    run = grid / SHARED_RUNS / f"data-{key}"
+    print(f"data preparation (shared by every cell): {run}")
+    result = run_series(run, settings, notebooks)
+    if "failed" in result.values() or not (run / RUN_CACHE).is_file():
+        return None
+    return (run / RUN_CACHE).read_text()
+
+
+def _run_cell(run_dir: Path, params: dict[str, object], notebooks: Sequence[Path]) -> str:
     """One grid cell in this (pool) process: the series into ``run_dir``, everything printed
     on the way, the notebook kernels' output too, into ``<run_dir>.log``; "done" or "failed"."""
     import traceback
@@ -426,7 +480,7 @@ def _run_cell(run_dir: Path, params: dict[str, object], until: str) -> str:
         os.dup2(log.fileno(), 2)
         try:
             print(f"run folder: {run_dir}")
-            result = run_series(run_dir, params, notebook_series(until=until))
+            result = run_series(run_dir, params, notebooks)
             for name, state in result.items():
                 print(f"  {name}: {state}")
             return "failed" if "failed" in result.values() else "done"

@@ -33,15 +33,16 @@ def test_later_notebooks_read_the_cache_notebook_01_built_in_their_run(
             locate_cache(tiny_cohort, profile.cache_spec(), data, run_dir=run_dir)
 
 
-def _notebook(path: Path) -> None:
+def _notebook(path: Path, parameter: str = "x",
+              body: str = 'assert x != 2, "this cell fails"\nprint("x is", x)') -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
-    params = nbformat.v4.new_code_cell('x: int = 0  # a number\n'
+    params = nbformat.v4.new_code_cell(f'{parameter}: int = 0  # a number\n'
                                        'run_dir: str = "runs/x"  # the run folder')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# a notebook"), params,
-                nbformat.v4.new_code_cell('assert x != 2, "this cell fails"\nprint("x is", x)')]
+                nbformat.v4.new_code_cell(body)]
     nbformat.write(nb, path)
 
 
@@ -69,6 +70,41 @@ def test_a_grid_runs_its_cells_in_process_with_a_log_each(
     # cells named by every key set, not only the varying ones: a later call with another
     # single value makes cells of its own beside the earlier ones
     assert run_grid(grid, {"x": 4}, name_keys=["x"]) == {"x-4": "done"}
+
+
+def test_a_grid_prepares_the_data_once_when_no_cell_differs_in_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notebooks 00-01 run once, in grid/shared/, when no grid parameter is theirs; each
+    cell gets the cache record 01 wrote there and runs the rest. A grid over one of their
+    parameters runs them in every cell."""
+    home = tmp_path / "home"
+    (home / "notebooks").mkdir(parents=True)
+    record = ("from pathlib import Path\nimport os\n"
+              "Path(run_dir, 'cache.json').write_text(f'cache of n={n}, pid {os.getpid()}')")
+    _notebook(home / "notebooks" / "00_cohort.ipynb", "n", "print(n)")
+    _notebook(home / "notebooks" / "01_cache.ipynb", "n", record)
+    _notebook(home / "notebooks" / "02_cell.ipynb", "x",
+              "from pathlib import Path\nprint(Path(run_dir, 'cache.json').read_text())")
+    monkeypatch.setenv("ECGCMR_HOME", str(home))
+    grid = tmp_path / "grid"
+    assert run_grid(grid, {"x": [1, 2], "n": 3}, jobs=2) == {"x-1": "done", "x-2": "done"}
+    shared = list((grid / "shared").iterdir())
+    assert len(shared) == 1 and (shared[0] / "01_cache.ipynb").is_file()
+    written = (shared[0] / "cache.json").read_text()
+    for cell in ("x-1", "x-2"):
+        assert sorted(p.name for p in (grid / cell).glob("*.ipynb")) == ["02_cell.ipynb"]
+        assert (grid / cell / "cache.json").read_text() == written == \
+            f"cache of n=3, pid {written.split('pid ')[1]}"
+    assert "shared/" in (grid / "index.html").read_text()
+    # other data settings into the same grid: a shared run of their own
+    assert run_grid(grid, {"x": 3, "n": 4}, name_keys=["x"]) == {"x-3": "done"}
+    assert len(list((grid / "shared").iterdir())) == 2
+    assert (grid / "x-3" / "cache.json").read_text().startswith("cache of n=4")
+    # a grid over a data parameter: every cell prepares its own
+    other = tmp_path / "other"
+    assert run_grid(other, {"x": 1, "n": [5, 6]}, jobs=2) == {"n-5": "done", "n-6": "done"}
+    assert not (other / "shared").exists()
+    assert (other / "n-6" / "cache.json").read_text().startswith("cache of n=6")
 
 
 def test_the_grid_summary_counts_seeds_not_balanced_resamplings(tmp_path: Path) -> None:

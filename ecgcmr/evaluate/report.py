@@ -16,6 +16,8 @@ from ecgcmr.errors import DataError
 
 #: A grid's own run folder, where notebook 05 gathers every cell (not a cell itself).
 OVERVIEW_RUN = "overview"
+#: A grid's folder of the runs every cell shares (its data preparation), not cells either.
+SHARED_RUNS = "shared"
 
 
 def run_folders(results: str | Path) -> list[Path]:
