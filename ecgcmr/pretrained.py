@@ -121,6 +121,15 @@ def shipped_checkpoint(cfg: StageConfig, profile: str, root: str | Path = WEIGHT
     return path
 
 
+def shipped_validation(path: str | Path) -> dict[str, float]:
+    """The validation metrics of a shipped file as its set's card records them: what
+    :func:`ecgcmr.pretrain.evaluate_stage` measured from that file on the cohort the set was
+    trained on, the only cohort :func:`shipped_checkpoint` hands it out for (so measuring
+    again would give the same numbers; ``tests/test_pretrained.py`` checks that it does)."""
+    path = Path(path)
+    return json.loads((path.parent / CARD).read_text())["metrics"]["validation"][path.name]
+
+
 def sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -30,6 +30,7 @@ from ecgcmr.pretrained import (
     sha256,
     shipped_checkpoint,
     shipped_sets,
+    shipped_validation,
     train_weight_set,
 )
 from ecgcmr.synth.cohort import cohort_spec, generate_cohort
@@ -92,6 +93,8 @@ def test_the_cards_metrics_are_what_the_shipped_files_measure(tiny_set) -> None:
                                ["dual", "ed", "ecg_only", "random"], 0)
     for name, metrics in info["metrics"]["validation"].items():
         assert again["validation"][name] == pytest.approx(metrics, rel=1e-6), name
+        # what notebook 02 shows for shipped weights instead of measuring them again
+        assert shipped_validation(set_dir("tiny", 0, root) / name) == metrics
     for method, r2 in info["metrics"]["probe_test_r2"].items():
         assert again["probe_test_r2"][method] == pytest.approx(r2, rel=1e-6), method
 
