@@ -39,6 +39,9 @@ def test_notebook_series_runs_on_the_tiny_profile(tmp_path: Path) -> None:
     assert {"probe", "mlp", "mlp+covariates", "mlp-finetuned"} <= set(metrics["model"])
     assert (run / "figures" / "05_example_pairs.png").stat().st_size > 10_000
     assert (run / "tables" / "05_classification_overview.csv").is_file()
+    for table in ("04_classification_metrics", "04_survival_metrics"):
+        outcomes = pd.read_csv(run / "tables" / f"{table}.csv")   # the baseline beside dual
+        assert set(outcomes["method"]) == {"dual", "classical"}, table
     overview = pd.read_csv(run / "tables" / "05_phenotypes_overview.csv")
     assert "dual" in overview.columns and "classical" in overview.columns
     assert (run / "figures" / "05_label_efficiency.pdf").is_file()
