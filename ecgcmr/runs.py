@@ -413,7 +413,8 @@ def run_grid(
             (run / RUN_CACHE).write_text(record)
     alone = todo[:1] if not shared and names[0] not in results else []
     # spawn, not fork: each worker a fresh interpreter, as a command of its own would be
-    with ProcessPoolExecutor(max_workers=max(1, jobs),
+    with ProcessPoolExecutor(max_workers=max(1, jobs), initializer=_share_cores,
+                             initargs=(max(1, jobs),),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
         states = [pool.submit(_run_cell, *cell).result() for cell in alone]
         if todo[len(alone):]:
@@ -465,6 +466,18 @@ def _prepare_shared_data(grid: Path, cell: Mapping[str, object],
     if "failed" in result.values() or not (run / RUN_CACHE).is_file():
         return None
     return (run / RUN_CACHE).read_text()
+
+
+def _share_cores(jobs: int) -> None:
+    """A grid worker's initializer: the notebook kernels it starts get an equal share of the
+    cores for torch and BLAS (unless the caller set the thread count itself), what
+    docs/performance.md asked users to do by hand: kernels that each start a thread per core
+    take turns on the cores and wait on each other's threads. The numbers do not change: an
+    op's threads split its outputs, not the sums that make them
+    (benchmarks/measured/2026-12-07-evaluation-threads-cpu-2core.md)."""
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, threads)
 
 
 def _run_cell(run_dir: Path, params: dict[str, object], notebooks: Sequence[Path]) -> str:
