@@ -348,6 +348,20 @@ def expand_grid(params: Mapping[str, object]) -> list[dict[str, object]]:
     return [{**fixed, **dict(zip(keys, combo, strict=True))} for combo in combos]
 
 
+def classical_baseline_once(cells: list[dict[str, object]],
+                            varying: Sequence[str]) -> list[dict[str, object]]:
+    """The grid's cells with the classical baseline (notebooks 03-04's ``classical_baseline``)
+    evaluated in one cell of each group that differs only in ``method``: the first method's.
+    The baseline reads the cache, not the method's encoder, so the other cells would repeat
+    it with the same result (notebook 05 pairs every method with it by seed and subject, from
+    whichever cell holds it). A cell that turns it off itself keeps it off."""
+    if "method" not in varying:
+        return cells
+    first = cells[0]["method"]
+    return [{**cell, "classical_baseline": bool(cell.get("classical_baseline", True))
+             and cell["method"] == first} for cell in cells]
+
+
 def cell_name(cell: Mapping[str, object], keys: Sequence[str]) -> str:
     """A grid cell's folder name, e.g. ``method-dual_seed-1``."""
     return "_".join(f"{k}-{cell[k]}" for k in keys) or "cell"
@@ -384,7 +398,7 @@ def run_grid(
     check_params(params)   # a bad parameter is refused here, not once per cell
     varying = [k for k, v in params.items() if isinstance(v, list)]
     keys = list(name_keys) if name_keys is not None else varying
-    cells = expand_grid(params)
+    cells = classical_baseline_once(expand_grid(params), varying)
     grid.mkdir(parents=True, exist_ok=True)
     series = notebook_series(until=until)
     overview = any(nb.name.startswith("05_") for nb in series)

@@ -12,7 +12,14 @@ from ecgcmr.config import get_profile
 from ecgcmr.data.cache import build_cache, read_spec
 from ecgcmr.data.manifest import read_manifest
 from ecgcmr.errors import DataError
-from ecgcmr.runs import cache_dir_for, locate_cache, record_cache, run_grid
+from ecgcmr.runs import (
+    cache_dir_for,
+    classical_baseline_once,
+    expand_grid,
+    locate_cache,
+    record_cache,
+    run_grid,
+)
 
 
 def test_later_notebooks_read_the_cache_notebook_01_built_in_their_run(
@@ -105,6 +112,19 @@ def test_a_grid_prepares_the_data_once_when_no_cell_differs_in_it(
     assert run_grid(other, {"x": 1, "n": [5, 6]}, jobs=2) == {"n-5": "done", "n-6": "done"}
     assert not (other / "shared").exists()
     assert (other / "n-6" / "cache.json").read_text().startswith("cache of n=6")
+
+
+def test_a_grid_over_methods_evaluates_the_classical_baseline_once_per_seed() -> None:
+    cells = expand_grid({"method": ["ed", "dual", "random"], "seed": [0, 1], "profile": "tiny"})
+    once = classical_baseline_once(cells, ["method", "seed"])
+    assert [(c["method"], c["seed"]) for c in once if c["classical_baseline"]] == [("ed", 0),
+                                                                                  ("ed", 1)]
+    assert [{k: v for k, v in c.items() if k != "classical_baseline"} for c in once] == cells
+    # turned off by the caller: off everywhere; no grid over methods: every cell as it was
+    off = [{**c, "classical_baseline": False} for c in cells]
+    assert not any(c["classical_baseline"] for c in classical_baseline_once(off, ["method"]))
+    seeds = expand_grid({"method": "dual", "seed": [0, 1]})
+    assert classical_baseline_once(seeds, ["seed"]) == seeds
 
 
 def test_the_grid_summary_counts_seeds_not_balanced_resamplings(tmp_path: Path) -> None:
