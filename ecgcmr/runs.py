@@ -486,9 +486,9 @@ def _share_cores(jobs: int) -> None:
     """A grid worker's initializer: the notebook kernels it starts get an equal share of the
     cores for torch and BLAS (unless the caller set the thread count itself), what
     docs/performance.md asked users to do by hand: kernels that each start a thread per core
-    take turns on the cores and wait on each other's threads. The numbers do not change: an
-    op's threads split its outputs, not the sums that make them
-    (benchmarks/measured/2026-12-07-evaluation-threads-cpu-2core.md)."""
+    take turns on the cores and wait on each other's threads (two cells side by side on 2
+    cores: 89 s with one thread each, 122 s with two, the same numbers bit for bit;
+    benchmarks/measured/2026-12-07-grid-threads-cpu-2core.md)."""
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, threads)
