@@ -421,8 +421,8 @@ def run_grid(
     if shared and todo and record is None:   # its notebook shows the error
         results.update({run.name: "failed" for run, _, _ in todo})
         todo = []
-    for run, _, _ in todo:
-        if record is not None:   # the cache the shared notebook 01 built, for 02-04
+    if record is not None:   # the cache the shared notebook 01 built, for 02-04
+        for run, _, _ in todo:
             new_run_dir(str(run))
             (run / RUN_CACHE).write_text(record)
     alone = todo[:1] if not shared and names[0] not in results else []
@@ -453,11 +453,15 @@ def _shared_data_notebooks(series: Sequence[Path], varying: Sequence[str]) -> li
     """The data-preparation notebooks of ``series`` when no grid parameter in ``varying``
     is one of theirs (then every cell would build and show the same cohort and cache), else
     none. They write nothing a later notebook reads but the cache record (``RUN_CACHE``)."""
+    prep = [nb for nb in series if nb.name[:2] <= DATA_PREPARATION]
+    return prep if not _declared(prep) & set(varying) else []
+
+
+def _declared(notebooks: Sequence[Path]) -> set[str]:
+    """The parameters the notebooks declare (their papermill ``parameters`` cells)."""
     import papermill as pm
 
-    prep = [nb for nb in series if nb.name[:2] <= DATA_PREPARATION]
-    declared = {name for nb in prep for name in pm.inspect_notebook(str(nb))}
-    return prep if not declared & set(varying) else []
+    return {name for nb in notebooks for name in pm.inspect_notebook(str(nb))}
 
 
 def _prepare_shared_data(grid: Path, cell: Mapping[str, object],
@@ -467,11 +471,9 @@ def _prepare_shared_data(grid: Path, cell: Mapping[str, object],
     grid gets a run of its own); the cache record the cells read, or None if it failed."""
     import hashlib
 
-    import papermill as pm
-
     from ecgcmr.evaluate.report import SHARED_RUNS
 
-    declared = {name for nb in notebooks for name in pm.inspect_notebook(str(nb))}
+    declared = _declared(notebooks)
     settings = {k: _plain(v) for k, v in sorted(cell.items()) if k in declared}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     run = grid / SHARED_RUNS / f"data-{key}"
