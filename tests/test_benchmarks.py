@@ -146,3 +146,16 @@ def test_evaluation(bench, tiny_cache: Path, tmp_path: Path) -> None:  # noqa: A
     assert table.groupby("threads").size().tolist() == [4, 4]
     assert (table["seconds"] >= 0).all()
     assert (tmp_path / "evaluation-tiny-cpu.csv").is_file()
+
+
+def test_embedding(bench, tiny_cache: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    from ecgcmr.data.cache import open_cache
+
+    table = bench("embedding").main(["--cache", str(tiny_cache), "--profile", "tiny",
+                                     "--threads", "1", "--batch-sizes", "4,16",
+                                     "--out", str(tmp_path)])
+    assert table.groupby("batch_size")["part"].apply(list).to_dict() == {
+        b: ["embed_ecg", "read the cache", "forward pass"] for b in (4, 16)}
+    assert (table["subjects"] == len(open_cache(tiny_cache).rows())).all()
+    _positive(table, ["seconds", "ms_per_ecg", "encoder_values"])
+    assert (tmp_path / "embedding-tiny-t1-cpu.csv").is_file()
