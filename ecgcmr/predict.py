@@ -256,7 +256,7 @@ def fit_head(features: pd.DataFrame, table: pd.DataFrame,
             "scale": [float(v) for v in scaler.scale_],
             "coef": [float(v) for v in np.ravel(ridge.coef_)],
             "intercept": float(ridge.intercept_),
-            "alpha": float(ridge.alpha_),
+            "alpha": result.alpha,
             "n_train": int(scaler.n_samples_seen_),
         }
     if not fitted:

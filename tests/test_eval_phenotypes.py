@@ -116,6 +116,23 @@ def test_probe_penalty_is_kfold_cv_on_training_rows() -> None:
     assert res.alpha == pytest.approx(DEFAULT_ALPHAS[int(np.argmin(cv_mse))])
 
 
+@pytest.mark.parametrize(("n", "p", "seed"), [(200, 10, 0), (40, 60, 1), (12, 5, 2), (3, 4, 3)])
+def test_penalty_search_is_what_sklearn_ridgecv_chooses(n: int, p: int, seed: int) -> None:
+    """The one-SVD-per-fold search picks sklearn's RidgeCV penalty (the same folds, the
+    same MSE scoring), with more features than rows and with folds of one row too."""
+    from sklearn.linear_model import RidgeCV
+
+    from ecgcmr.evaluate.phenotypes import kfold_ridge_alpha
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, p))
+    y = x[:, 0] * rng.normal() + rng.normal(scale=rng.uniform(0.1, 3.0), size=n)
+    alphas = np.logspace(-3, 4, 15)
+    folds = KFold(min(5, n), shuffle=True, random_state=seed)
+    expected = RidgeCV(alphas=alphas, cv=folds, scoring="neg_mean_squared_error").fit(x, y)
+    assert kfold_ridge_alpha(x, y, alphas, folds) == expected.alpha_
+
+
 def test_probe_leaked_label_trap() -> None:
     """A column equal to the target on TEST rows only (noise elsewhere) must not help."""
     # a large test split arms the trap: any fit that sees test rows finds the leak

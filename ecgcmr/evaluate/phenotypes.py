@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import RidgeCV
+from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -136,7 +136,7 @@ class ProbeResult(NamedTuple):
 
     predictions: pd.DataFrame   # test split: subject_id, y_true, y_pred (target units)
     alpha: float                # ridge penalty chosen by K-fold CV on the training split
-    model: Pipeline             # median imputer → scaler → RidgeCV, fitted on train rows
+    model: Pipeline             # median imputer → scaler → Ridge(alpha), fitted on train rows
 
 
 def linear_probe(features: pd.DataFrame, table: pd.DataFrame, target: str, *,
@@ -144,7 +144,7 @@ def linear_probe(features: pd.DataFrame, table: pd.DataFrame, target: str, *,
                  seed: int = 0) -> ProbeResult:
     """Ridge regression of one target on frozen features, fitted on the training split only.
 
-    The pipeline (median imputation → standardisation → ``RidgeCV``) is fitted on the
+    The pipeline (median imputation → standardisation → ``Ridge``) is fitted on the
     training subjects whose ``target`` is observed; the penalty is chosen from ``alphas`` by
     shuffled K-fold CV (``K = min(5, n_train)``, seed ``seed``, mean squared error) on those
     same rows. Imputation medians and scaling statistics are therefore training statistics;
@@ -171,19 +171,40 @@ def linear_probe(features: pd.DataFrame, table: pd.DataFrame, target: str, *,
     frame = join_table(features, table, [target])
     train = _labelled(frame, target, "train", minimum=2)
     test = _labelled(frame, target, "test", minimum=1)
+    # all-NaN training columns are dropped by the imputer (nothing to learn from them)
+    prep = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
+    x = prep.fit_transform(train[cols].to_numpy(dtype=float))
+    y = train[target].to_numpy(dtype=float)
     folds = KFold(n_splits=min(CV_FOLDS, len(train)), shuffle=True, random_state=seed)
-    model = make_pipeline(
-        # all-NaN training columns are dropped by the imputer (nothing to learn from them)
-        SimpleImputer(strategy="median"),
-        StandardScaler(),
-        RidgeCV(alphas=np.asarray(alphas, dtype=float), cv=folds,
-                scoring="neg_mean_squared_error"),
-    )
-    model.fit(train[cols].to_numpy(dtype=float), train[target].to_numpy(dtype=float))
+    alpha = kfold_ridge_alpha(x, y, np.asarray(alphas, dtype=float), folds)
+    model = Pipeline([*prep.steps, ("ridge", Ridge(alpha=alpha).fit(x, y))])
     y_pred = model.predict(test[cols].to_numpy(dtype=float))
     preds = pd.DataFrame({"subject_id": test["subject_id"].to_numpy(),
                           "y_true": test[target].to_numpy(dtype=float), "y_pred": y_pred})
-    return ProbeResult(preds, float(model[-1].alpha_), model)
+    return ProbeResult(preds, alpha, model)
+
+
+def kfold_ridge_alpha(x: np.ndarray, y: np.ndarray, alphas: np.ndarray, folds: KFold) -> float:
+    """The penalty of ``alphas`` with the lowest mean squared error over ``folds``: what
+    ``RidgeCV(alphas, cv=folds, scoring="neg_mean_squared_error")`` chooses (the unweighted
+    mean of the folds' errors; a tie goes to the first penalty), computed from one SVD per
+    fold for every penalty at once instead of one fit per penalty and fold (75 sklearn fits
+    per probe took ~0.5 s, most of a grid cell's probes; this takes milliseconds).
+
+    Each fold's ridge with intercept is the centred least-squares problem: with
+    ``X_c = U S Vᵀ`` (fold-training rows centred), ``w(α) = V diag(s / (s² + α)) Uᵀ y_c`` and
+    the intercept ``ȳ − x̄ w`` (Hastie, Tibshirani & Friedman 2009, *The Elements of
+    Statistical Learning*, 2nd ed., §3.4.1, eq. 3.47).
+    """
+    errors = np.zeros(len(alphas))
+    for fit_rows, held_out in folds.split(x):
+        x_mean, y_mean = x[fit_rows].mean(axis=0), y[fit_rows].mean()
+        u, s, vt = np.linalg.svd(x[fit_rows] - x_mean, full_matrices=False)
+        shrink = s / (s**2 + alphas[:, None])                          # (A, k)
+        weights = (shrink * (u.T @ (y[fit_rows] - y_mean))) @ vt        # (A, p)
+        pred = (x[held_out] - x_mean) @ weights.T + y_mean              # (n_held_out, A)
+        errors += ((pred - y[held_out, None]) ** 2).mean(axis=0)
+    return float(alphas[int(np.argmin(errors))])
 
 
 def linear_probes(features: pd.DataFrame, table: pd.DataFrame, targets: Sequence[str], *,
