@@ -199,7 +199,8 @@ def evaluate_stage(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
 
 @torch.no_grad()
 def phase_retrieval(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
-                    batch_size: int = 32) -> pd.DataFrame:
+                    batch_size: int = 32,
+                    ecg_embedding: pd.DataFrame | None = None) -> pd.DataFrame:
     """ECG→ED and ECG→ES top-1/top-5 retrieval of any stage-C checkpoint on the validation
     split, one row per phase (``phase, tower, top1, top5, n``).
 
@@ -207,6 +208,10 @@ def phase_retrieval(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
     projection head). A phase it did not align with (ES for ``method="ed"``) is embedded by the
     tower it did align with: the retrieval then measures what single-phase alignment carries
     over to the other phase, without a second stage-A encoder that the method never trained.
+
+    ``ecg_embedding``: :func:`embed_ecg`'s frame of this checkpoint's ECG encoder over the
+    cache, when the caller has it (notebook 02 does): its validation rows are projected
+    instead of running the ECG encoder over them a second time.
     """
     from ecgcmr.losses import retrieval_accuracy
 
@@ -218,10 +223,14 @@ def phase_retrieval(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
     towers = {p: p if p in task.cmr else next(iter(task.cmr)) for p in ("ed", "es")}
     z: dict[str, list[torch.Tensor]] = {"ecg": [], "ed": [], "es": []}
     for ecg, ed, es in loader:
-        z["ecg"].append(task.proj["ecg"](task.ecg(ecg.to(dev))).float().cpu())
+        if ecg_embedding is None:
+            z["ecg"].append(task.proj["ecg"](task.ecg(ecg.to(dev))).float().cpu())
         for phase, x in (("ed", ed), ("es", es)):
             tower = towers[phase]
             z[phase].append(task.proj[tower](task.cmr[tower](x.to(dev))).float().cpu())
+    if ecg_embedding is not None:
+        z["ecg"] = [task.proj["ecg"](_rows_of(ecg_embedding, val.subjects["subject_id"])
+                                     .to(dev)).float().cpu()]
     ecg_z = torch.cat(z["ecg"])
     rows = []
     for phase in ("ed", "es"):
@@ -229,6 +238,19 @@ def phase_retrieval(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
         rows.append({"phase": phase, "tower": towers[phase], "n": len(ecg_z),
                      **{k: float(v) for k, v in acc.items()}})
     return pd.DataFrame(rows)
+
+
+def _rows_of(embedding: pd.DataFrame, subject_ids: pd.Series) -> torch.Tensor:
+    """The embedding's feature columns (``e000 ...``) of ``subject_ids``, in that order; a
+    subject the frame lacks is an error (the frame is of another cache)."""
+    frame = embedding.set_index("subject_id")
+    missing = subject_ids[~subject_ids.isin(frame.index)]
+    if len(missing):
+        raise ValueError(f"the ECG embedding has no row for {len(missing)} validation "
+                         f"subject(s) of this cache (e.g. {missing.iloc[0]!r}): it was made "
+                         "from another cache")
+    values = frame.loc[subject_ids.to_numpy()].filter(regex=r"^e\d+$").to_numpy()
+    return torch.from_numpy(values.astype("float32"))
 
 
 def build_task(cache: Cache, cfg: StageConfig, init: dict[str, str | Path], *,

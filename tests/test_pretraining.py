@@ -16,6 +16,7 @@ from ecgcmr.pretrain import (
     ecg_encoder_for,
     embed_ecg,
     load_cmr_encoder,
+    load_ecg_encoder,
     phase_retrieval,
     train_stage,
 )
@@ -76,6 +77,14 @@ def _check_retrieval_of_both_phases_for_every_method(stages) -> None:
     best = stages["align"].history[stages["align"].best_epoch]
     for phase in ("ed", "es"):   # what training reported for the same weights and subjects
         assert abs(dual.loc[phase, "top5"] - best[f"ecg_to_{phase}_top5"]) <= 1 / n_val + 1e-9
+    # notebook 02 hands it the embedding it made: the same table without a second ECG pass
+    best_pt = stages["align"].out_dir / "best.pt"
+    embedding = embed_ecg(load_ecg_encoder(best_pt), stages["cache"])
+    reused = phase_retrieval(stages["cache"], best_pt, ecg_embedding=embedding)
+    pd.testing.assert_frame_equal(reused.set_index("phase"), dual)
+    with pytest.raises(ValueError, match="no row for"):
+        phase_retrieval(stages["cache"], best_pt,
+                        ecg_embedding=embedding[embedding["split"] != "val"])
     cfg = PROFILE.stage_config("align", method="ed", epochs=2, batch_size=16)
     init = {"ed": stages["ed"].out_dir / "best.pt", "ecg": stages["ecg"].out_dir / "best.pt"}
     ed_only = train_stage(stages["cache"], cfg, stages["root"] / "C-ed", init=init,
