@@ -122,6 +122,26 @@ def test_c_index_equals_independent_harrell_with_ties_and_censoring(seed: int) -
     assert abs(c_index(time, event, risk) - _reference_harrell_c(time, event, risk)) < 1e-9
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_c_index_counts_as_lifelines_does(seed: int, monkeypatch) -> None:
+    """The same C as lifelines' concordance_index (fed the negated risk) on tied times,
+    tied risks, censoring and a bootstrap resample's repeated subjects, across chunks."""
+    from lifelines.utils import concordance_index
+
+    import ecgcmr.evaluate.outcomes as outcomes
+
+    monkeypatch.setattr(outcomes, "C_INDEX_CHUNK", 7)
+    rng = np.random.default_rng(seed)
+    n = 200
+    time = rng.integers(1, 15, n).astype(float)
+    event = (rng.random(n) < 0.4).astype(float)
+    risk = np.round(rng.standard_normal(n) - 0.1 * time, 1)
+    for rows in (np.arange(n), rng.integers(0, n, n)):
+        expected = concordance_index(time[rows], -risk[rows], event[rows])
+        assert c_index(time[rows], event[rows], risk[rows]) == pytest.approx(expected, abs=1e-12)
+    assert math.isnan(c_index(time, np.zeros(n), risk))
+
+
 def test_cox_c_index_and_its_bootstrap_are_harrell_on_the_test_split(strong) -> None:
     _, _, res = strong
     p = res.predictions
