@@ -10,6 +10,7 @@ a new run gets a new folder.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -17,7 +18,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from ecgcmr.files import project_root, resolve
 
 if TYPE_CHECKING:
     import pandas as pd
+    from jupyter_client.manager import KernelManager
 
     from ecgcmr.data.cache import Cache, CacheSpec
 
@@ -148,6 +150,10 @@ def run_series(
     already finished in this folder is skipped; a failing one keeps its executed copy (with
     the error) and stops the series, since later notebooks depend on it. Returns
     ``{notebook: "done" | "skipped" | "failed"}``.
+
+    The notebooks of one call share a kernel (:func:`_series_kernel`), its namespace
+    emptied before each: what one notebook defines never reaches the next, as with a kernel
+    of its own, but the libraries stay imported.
     """
     import papermill as pm  # heavy import; only the driver needs it
 
@@ -157,25 +163,72 @@ def run_series(
     status_file = run / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     result: dict[str, str] = {}
-    for nb in notebooks:
-        if status.get(nb.name) == "done":
-            result[nb.name] = "skipped"
-            continue
-        declared = pm.inspect_notebook(str(nb))
-        wanted = {k: v for k, v in {**params, "run_dir": str(run)}.items() if k in declared}
-        write_run_info(run, wanted, nb.name)
-        try:
-            pm.execute_notebook(str(nb), str(run / nb.name), parameters=wanted,
-                                kernel_name=kernel, progress_bar=progress, log_output=progress,
-                                cwd=str(project_root()))
-        except pm.PapermillExecutionError:
-            status[nb.name] = result[nb.name] = "failed"
+    todo = [nb for nb in notebooks if status.get(nb.name) != "done"]
+    result.update({nb.name: "skipped" for nb in notebooks if nb not in todo})
+    with _series_kernel(kernel, needed=bool(todo)) as km:
+        for i, nb in enumerate(todo):
+            declared = pm.inspect_notebook(str(nb))
+            wanted = {k: v for k, v in {**params, "run_dir": str(run)}.items()
+                      if k in declared}
+            write_run_info(run, wanted, nb.name)
+            if i:
+                _empty_namespace(km)
+            try:
+                pm.execute_notebook(str(nb), str(run / nb.name), parameters=wanted,
+                                    kernel_name=kernel, progress_bar=progress,
+                                    log_output=progress, cwd=str(project_root()), km=km)
+            except pm.PapermillExecutionError:
+                status[nb.name] = result[nb.name] = "failed"
+                status_file.write_text(json.dumps(status, indent=2))
+                break
+            status[nb.name] = result[nb.name] = "done"
             status_file.write_text(json.dumps(status, indent=2))
-            break
-        status[nb.name] = result[nb.name] = "done"
-        status_file.write_text(json.dumps(status, indent=2))
+    result = {nb.name: result[nb.name] for nb in notebooks if nb.name in result}
     _render_report(run)
     return result
+
+
+@contextlib.contextmanager
+def _series_kernel(kernel: str, *, needed: bool = True) -> Iterator[KernelManager | None]:
+    """A kernel started in the project root for a series of notebooks, shut down after it
+    (None when no notebook is left to run). One kernel per notebook would import torch,
+    pandas, scikit-learn, matplotlib and the package again each time: ~6 s of a 2-core
+    machine per notebook, and a grid cell runs three (benchmarks/measured/
+    2026-12-07-reproduce-comparison-3seeds-cpu-2core.md)."""
+    if not needed:
+        yield None
+        return
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=kernel)
+    km.start_kernel(cwd=str(project_root()))
+    try:
+        yield km
+    finally:
+        km.shutdown_kernel(now=True)
+
+
+#: Run in the shared kernel before each notebook: the namespace and the figures of the last
+#: notebook go, and the execution count starts again at 1 (IPython's reset of a new session).
+_EMPTY_NAMESPACE = ("import matplotlib.pyplot as _plt\n_plt.close('all')\n"
+                    "get_ipython().reset(new_session=True, aggressive=False)")
+
+
+def _empty_namespace(km: KernelManager) -> None:
+    """Empty the shared kernel's namespace (``_EMPTY_NAMESPACE``), quietly; an error there is
+    raised, since the next notebook would otherwise see the last one's variables."""
+    client = km.blocking_client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        reply = client.execute_interactive(_EMPTY_NAMESPACE, silent=True, store_history=False,
+                                           output_hook=lambda msg: None, timeout=60)
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError("could not empty the notebook kernel's namespace: "
+                               f"{reply['content'].get('ename')}: "
+                               f"{reply['content'].get('evalue')}")
+    finally:
+        client.stop_channels()
 
 
 def parameter_types(notebooks: Sequence[Path] = ()) -> dict[str, str]:

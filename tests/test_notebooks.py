@@ -153,3 +153,37 @@ def test_notebook_05_reanalyses_the_committed_comparison_and_a_run_without_align
     assert "dual − ed (paired" in (tmp_path / "all" / "tables" / "05_answer.txt").read_text()
     paired = pd.read_csv(tmp_path / "all" / "tables" / "05_paired_overview.csv")
     assert {"ed", "es", "random"} <= set(paired.columns)
+
+
+def test_a_series_shares_one_kernel_but_no_variable_between_notebooks(tmp_path: Path) -> None:
+    """The notebooks of a series run in one kernel (the libraries stay imported) and still
+    each start empty: a name the first defines is gone in the second, the first's figures
+    are closed, and each counts its cells from 1."""
+    def notebook(name: str, *sources: str) -> Path:
+        nb = nbformat.v4.new_notebook()
+        params = nbformat.v4.new_code_cell("run_dir = 'x'")
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [params, *(nbformat.v4.new_code_cell(s) for s in sources)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                     "language": "python"}
+        path = tmp_path / "notebooks" / name
+        path.parent.mkdir(exist_ok=True)
+        nbformat.write(nb, path)
+        return path
+
+    first = notebook("00_first.ipynb", "import os, sys\nleft_behind = 1",
+                     "import matplotlib.pyplot as plt\nfig = plt.figure()",
+                     "pid = os.getpid()\nprint(pid)")
+    second = notebook("01_second.ipynb", "import os, sys\nprint(os.getpid())",
+                      "assert 'left_behind' not in globals() and 'fig' not in globals()",
+                      "import matplotlib.pyplot as plt\nassert not plt.get_fignums()")
+    run = tmp_path / "run"
+    assert run_series(run, {}, [first, second], progress=False) == {
+        first.name: "done", second.name: "done"}
+    pids = []
+    for path in (first, second):
+        executed = nbformat.read(run / path.name, as_version=4)
+        code = [c for c in executed.cells if c.cell_type == "code"]
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+        pids += [o["text"].strip() for c in code for o in c.outputs if o.get("name") == "stdout"]
+    assert len(pids) == 2 and pids[0] == pids[1]     # one kernel process for the series
