@@ -173,7 +173,8 @@ def test_a_series_shares_one_kernel_but_no_variable_between_notebooks(tmp_path: 
 
     first = notebook("00_first.ipynb", "import os, sys\nleft_behind = 1",
                      "import matplotlib.pyplot as plt\nfig = plt.figure()",
-                     "pid = os.getpid()\nprint(pid)")
+                     "pid = os.getpid()\nprint(pid)",
+                     "assert os.environ['MALLOC_TRIM_THRESHOLD_'] == str(4 << 30)")
     second = notebook("01_second.ipynb", "import os, sys\nprint(os.getpid())",
                       "assert 'left_behind' not in globals() and 'fig' not in globals()",
                       "import matplotlib.pyplot as plt\nassert not plt.get_fignums()")
