@@ -8,6 +8,11 @@ VENV    ?= .venv
 PROFILE ?= teaching
 RUN     ?= default
 JOBS    ?= 2
+# grid cells at a time: one more than JOBS. A cell runs one thread, and with one cell per core
+# the last cell of the 15-cell comparison runs alone while a core idles (~1 min here); a third
+# cell on 2 cores costs ~1.5 % of throughput (benchmarks/measured/
+# 2026-12-08-reproduce-comparison-3seeds-faster-cpu-2core.md)
+CELLS   ?= $(shell expr $(JOBS) + 1)
 # what `make reproduce` runs: the comparison over the shipped weights; COMPARE= for one `dual`
 # run (e.g. make reproduce PROFILE=tiny RUN=smoke COMPARE=, a profile that ships no weights)
 COMPARE ?= --compare
@@ -32,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 
 reproduce: install
 	$(VENV)/bin/ecgcmr reproduce --profile $(PROFILE) --run-dir runs/$(RUN) --workers $(JOBS) \
-		--jobs $(JOBS) $(COMPARE)
+		--jobs $(CELLS) $(COMPARE)
 
 test: install
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup --durations=15

@@ -23,11 +23,11 @@ HOME_ENV = "ECGCMR_HOME"
 
 
 @contextmanager
-def exclusive(folder: str | Path) -> Iterator[None]:
-    """Hold ``<folder>/.lock`` (a POSIX advisory lock, released if the process dies)."""
+def exclusive(folder: str | Path, name: str = ".lock") -> Iterator[None]:
+    """Hold ``<folder>/<name>`` (a POSIX advisory lock, released if the process dies)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as fh:
+    with open(folder / name, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

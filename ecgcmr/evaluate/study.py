@@ -25,6 +25,7 @@ from ecgcmr.evaluate.phenotypes import (
     linear_probes,
     mlp_head,
 )
+from ecgcmr.files import exclusive
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,13 +46,17 @@ def classical_feature_table(cache: Cache, *, progress: bool = True) -> pd.DataFr
     path = cache.root / "classical_features.parquet"
     if path.is_file():
         return pd.read_parquet(path)
-    subjects = cache.rows().reset_index(drop=True)
-    ecgs = [load_ecg(p, subject=s) for s, p in tqdm(
-        zip(subjects["subject_id"], subjects["ecg_path"], strict=True), total=len(subjects),
-        desc="ECG measurements", disable=not progress)]
-    table = classical_features(ecgs, subjects[["subject_id", "split"]])
-    table.to_parquet(path, index=False)
-    return table
+    # grid cells that start side by side wait for the one measuring instead of measuring too
+    with exclusive(cache.root, name=".classical_features.lock"):
+        if path.is_file():
+            return pd.read_parquet(path)
+        subjects = cache.rows().reset_index(drop=True)
+        ecgs = [load_ecg(p, subject=s) for s, p in tqdm(
+            zip(subjects["subject_id"], subjects["ecg_path"], strict=True),
+            total=len(subjects), desc="ECG measurements", disable=not progress)]
+        table = classical_features(ecgs, subjects[["subject_id", "split"]])
+        table.to_parquet(path, index=False)
+        return table
 
 
 def phenotype_evaluation(
