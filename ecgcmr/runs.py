@@ -195,9 +195,9 @@ def run_series(
 #: already set wins): freed memory stays in the process instead of going back to the system,
 #: so each ViT layer's activations (tens of MB per batch) reuse pages instead of faulting in
 #: fresh ones. Notebook 02's forward pass then takes ~20 % less time with two kernels side by
-#: side on 2 cores (25-26 -> 20-22 ms per ECG, page faults 1.6 M -> 0.13 M;
-#: benchmarks/measured/2026-12-07-reproduce-comparison-3seeds-cpu-2core.md); the numbers are
-#: the same, only where memory comes from changes.
+#: side on 2 cores (27-29 -> 21-23 ms per ECG, page faults 1.5 M -> 7 k: benchmarks/
+#: allocator.py, benchmarks/measured/2026-12-08-reproduce-comparison-3seeds-faster-cpu-2core.md);
+#: the numbers are the same, only where memory comes from changes.
 KERNEL_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
 
 
@@ -207,7 +207,7 @@ def _series_kernel(kernel: str, *, needed: bool = True) -> Iterator[KernelManage
     (None when no notebook is left to run). One kernel per notebook would import torch,
     pandas, scikit-learn, matplotlib and the package again each time: ~6 s of a 2-core
     machine per notebook, and a grid cell runs three (benchmarks/measured/
-    2026-12-07-reproduce-comparison-3seeds-cpu-2core.md)."""
+    2026-12-08-reproduce-comparison-3seeds-faster-cpu-2core.md)."""
     if not needed:
         yield None
         return

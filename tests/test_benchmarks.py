@@ -159,3 +159,13 @@ def test_embedding(bench, tiny_cache: Path, tmp_path: Path) -> None:  # noqa: AN
     assert (table["subjects"] == len(open_cache(tiny_cache).rows())).all()
     _positive(table, ["seconds", "ms_per_ecg", "encoder_values"])
     assert (tmp_path / "embedding-tiny-t1-cpu.csv").is_file()
+
+
+def test_allocator(bench, tmp_path: Path) -> None:  # noqa: ANN001
+    table = bench("allocator").main(["--profile", "tiny", "--processes", "2", "--rounds", "1",
+                                     "--batches", "1", "--out", str(tmp_path)])
+    assert sorted(table["setting"].unique()) == ["default", "kernel allocator"]
+    assert len(table) == 4   # 2 settings x 2 processes x 1 round
+    _positive(table, ["ms_per_ecg"])
+    assert (table["page_faults"] >= 0).all()
+    assert (tmp_path / "allocator-tiny-p2-cpu.csv").is_file()
