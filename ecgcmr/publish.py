@@ -194,8 +194,21 @@ def render_comparison(root: Path) -> str:
                   "; left out, too few test cases: " + ", ".join(
                       f"`{c}`" for c in auroc.index[~measured])) + ":", "",
                   _markdown(_in_method_order(auroc[measured]), "condition")]
+    lines += _seedless_note(table, *([auroc] if has_table(folder, "04_classification_metrics")
+                                     else []))
     sources = sorted(folder.glob("*/tables/*.csv"))
     return "\n".join(lines) + "\n\n" + _stamp(sources, _comparison_origin(folder)) + "\n"
+
+
+def _seedless_note(*tables: pd.DataFrame) -> list[str]:
+    """Why the ``classical`` column can read ``± 0.000``, when one of ``tables`` shows it: a
+    baseline without an encoder trained per seed can come out the same for every seed."""
+    shown = any("classical" in t.columns and t["classical"].astype(str).str.contains(
+        "± 0.000", regex=False).any() for t in tables)
+    return ["", "_`classical` measures fixed ECG features, with no encoder trained per seed: "
+            "only its heads' own seeds (the probe's CV folds, the MLP's initialisation) can "
+            "change it between seeds, and the 1:1 balanced test sets are drawn with the same "
+            "`balanced_seeds` for every seed; ± 0.000 is where nothing changed._"] if shown else []
 
 
 def _rank(label: str, order: Sequence[str]) -> int:

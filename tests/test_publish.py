@@ -82,3 +82,13 @@ def test_the_comparison_block_renders_the_committed_runs(tmp_path: Path) -> None
     assert "too few test cases: `cardiac_arrest`" in text and "| `cardiac_arrest` |" not in text
     assert "from the runs of `ecgcmr reproduce --compare` (code commit abcdef1)" in text
     assert publish([doc], tmp_path, check=True) == []
+
+
+def test_a_classical_column_without_spread_is_explained_once() -> None:
+    from ecgcmr.publish import _seedless_note
+
+    spread = pd.DataFrame({"dual": ["0.45 ± 0.01 (3)"], "classical": ["0.47 ± 0.005 (3)"]})
+    none = pd.DataFrame({"dual": ["0.45 ± 0.01 (3)"], "classical": ["0.144 ± 0.000 (3)"]})
+    assert _seedless_note(spread) == [] and _seedless_note(spread.drop(columns="classical")) == []
+    note = _seedless_note(spread, none)
+    assert len(note) == 2 and "`balanced_seeds`" in note[1]
