@@ -218,6 +218,7 @@ def phase_retrieval(cache: Cache, best_pt: str | Path, *, device: str = "cpu",
     _, task = _load_align_task(cache, best_pt)
     dev = pick_device(device)
     task = task.to(dev).eval()
+    # "ecg" stays a field with a given embedding too: it keeps the subjects those with an ECG
     val = PairedDataset(cache, "val", fields=("ecg", "cmr_ed", "cmr_es"))
     loader = torch.utils.data.DataLoader(val, batch_size=batch_size, shuffle=False)
     towers = {p: p if p in task.cmr else next(iter(task.cmr)) for p in ("ed", "es")}

@@ -185,6 +185,7 @@ def render_comparison(root: Path) -> str:
                                                  versus.attrs.get("note") else
                                                  "; seeds in brackets") + "):", "",
                   _markdown(_in_method_order(versus), "phenotype")]
+    shown = [table]   # the tables whose classical column _seedless_note reads
     if has_table(folder, "04_classification_metrics"):
         auroc = mean_sd(balanced_mean(collect(folder, "04_classification_metrics")),
                         ["condition"], ["method"])
@@ -194,8 +195,8 @@ def render_comparison(root: Path) -> str:
                   "; left out, too few test cases: " + ", ".join(
                       f"`{c}`" for c in auroc.index[~measured])) + ":", "",
                   _markdown(_in_method_order(auroc[measured]), "condition")]
-    lines += _seedless_note(table, *([auroc] if has_table(folder, "04_classification_metrics")
-                                     else []))
+        shown.append(auroc)
+    lines += _seedless_note(*shown)
     sources = sorted(folder.glob("*/tables/*.csv"))
     return "\n".join(lines) + "\n\n" + _stamp(sources, _comparison_origin(folder)) + "\n"
 
