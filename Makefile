@@ -17,22 +17,26 @@ CELLS   ?= $(shell expr $(JOBS) + 1)
 # run (e.g. make reproduce PROFILE=tiny RUN=smoke COMPARE=, a profile that ships no weights)
 COMPARE ?= --compare
 PY      := $(VENV)/bin/python
+UV_VERSION := 0.13.10
+# pip's wheel folders: the environment's, else pip's configuration's
+PIP_FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 
 .PHONY: install reproduce test test-fast lint clean-runs
 
 install: $(VENV)/.installed
 
 # Re-installs whenever pyproject.toml changes. torch==2.13.0 resolves to the CPU wheel.
-# pip byte-compiles what it installs on one core (~70 s of a 2-core machine, torch most of
-# it); it installs without, and compileall then compiles on every core (~35 s): Python
-# never writes bytecode itself where PYTHONDONTWRITEBYTECODE is set, so it must be there.
-# compile_dir's result is not checked: like pip, it skips the few files of other Python
-# versions (e.g. torch's tests written for 3.12).
+# uv (pinned, from PyPI) installs the same packages as pip in ~10 s instead of ~60 s
+# (parallel downloads and unpacking) and byte-compiles them on every core (~30 s; Python
+# never writes bytecode itself where PYTHONDONTWRITEBYTECODE is set, and without it every
+# process would compile what it imports again). uv does not read pip's configuration, so the
+# wheel folders pip is pointed at (PIP_FIND_LINKS: where a machine keeps its CPU build of
+# torch) are passed on. benchmarks/measured/2026-12-08-install-uv-cpu-2core.md
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"
-	$(PY) -c "import compileall, sysconfig; \
-		compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --compile-bytecode \
+		$(foreach links,$(PIP_FIND_LINKS),--find-links $(links)) -e ".[test]"
 	touch $@
 
 reproduce: install
