@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import importlib.metadata
 import json
 import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import yaml
 
@@ -28,8 +29,10 @@ from ecgcmr.constants import DEFAULT_SYSTOLIC_COUPLING
 from ecgcmr.files import project_root, resolve
 
 if TYPE_CHECKING:
+    import multiprocessing.queues
+
     import pandas as pd
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
 
     from ecgcmr.data.cache import Cache, CacheSpec
 
@@ -98,10 +101,16 @@ def write_run_info(run_dir: str | Path, params: Mapping[str, object], notebook: 
     info[notebook] = provenance()
     info_file.write_text(json.dumps(info, indent=2))
     environment = run / "environment.txt"
-    if not environment.is_file():   # one run, one environment (pip takes ~1 s)
-        environment.write_text(subprocess.run(
-            [sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True,
-            check=False).stdout)
+    if not environment.is_file():   # one run, one environment
+        environment.write_text(_pip_freeze())
+
+
+@functools.cache
+def _pip_freeze() -> str:
+    """This interpreter's packages (pip freeze), asked once per process: pip takes ~1 s, and
+    a grid worker writes them into every cell it runs."""
+    return subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True,
+                          text=True, check=False).stdout
 
 
 def _plain(value: object) -> object:
@@ -145,6 +154,7 @@ def run_series(
     *,
     kernel: str = "python3",
     progress: bool = True,
+    km: AsyncKernelManager | None = None,
 ) -> dict[str, str]:
     """Execute the notebooks in order into ``run_dir`` with papermill.
 
@@ -156,9 +166,12 @@ def run_series(
 
     The notebooks of one call share a kernel (:func:`_series_kernel`), its namespace
     emptied before each: what one notebook defines never reaches the next, as with a kernel
-    of its own, but the libraries stay imported.
+    of its own, but the libraries stay imported. ``km``, a kernel already running (a grid
+    worker's, :func:`_run_cells`), is used instead, emptied before the first notebook too,
+    and left running.
     """
     import papermill as pm  # heavy import; only the driver needs it
+    from nbclient.exceptions import DeadKernelError
 
     notebooks = list(notebooks) if notebooks is not None else notebook_series()
     params = check_params(params, parameter_types(notebooks))
@@ -168,19 +181,20 @@ def run_series(
     result: dict[str, str] = {}
     todo = [nb for nb in notebooks if status.get(nb.name) != "done"]
     result.update({nb.name: "skipped" for nb in notebooks if nb not in todo})
-    with _series_kernel(kernel, needed=bool(todo)) as km:
+    given = km is not None
+    with contextlib.nullcontext(km) if given else _series_kernel(kernel, needed=bool(todo)) as km:
         for i, nb in enumerate(todo):
             declared = pm.inspect_notebook(str(nb))
             wanted = {k: v for k, v in {**params, "run_dir": str(run)}.items()
                       if k in declared}
             write_run_info(run, wanted, nb.name)
-            if i:
+            if i or given:
                 _empty_namespace(km)
             try:
                 pm.execute_notebook(str(nb), str(run / nb.name), parameters=wanted,
                                     kernel_name=kernel, progress_bar=progress,
                                     log_output=progress, cwd=str(project_root()), km=km)
-            except pm.PapermillExecutionError:
+            except (pm.PapermillExecutionError, DeadKernelError):   # the notebook shows how far
                 status[nb.name] = result[nb.name] = "failed"
                 status_file.write_text(json.dumps(status, indent=2))
                 break
@@ -202,23 +216,31 @@ KERNEL_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHO
 
 
 @contextlib.contextmanager
-def _series_kernel(kernel: str, *, needed: bool = True) -> Iterator[KernelManager | None]:
+def _series_kernel(kernel: str, *, needed: bool = True,
+                   log: TextIO | None = None) -> Iterator[AsyncKernelManager | None]:
     """A kernel started in the project root for a series of notebooks, shut down after it
     (None when no notebook is left to run). One kernel per notebook would import torch,
     pandas, scikit-learn, matplotlib and the package again each time: ~6 s of a 2-core
     machine per notebook, and a grid cell runs three (benchmarks/measured/
-    2026-12-08-reproduce-comparison-3seeds-faster-cpu-2core.md)."""
+    2026-12-08-reproduce-comparison-3seeds-faster-cpu-2core.md). What the kernel process
+    prints itself (its start-up warnings; not the notebooks' output, which papermill
+    collects) goes to ``log``, else where this process prints."""
     if not needed:
         yield None
         return
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
-    km = KernelManager(kernel_name=kernel)
-    km.start_kernel(cwd=str(project_root()), env={**KERNEL_ALLOCATOR, **os.environ})
+    # the asynchronous manager, as papermill makes its own: with a blocking one, a kernel
+    # that dies leaves papermill waiting for its output for ever, not raising DeadKernelError
+    km = AsyncKernelManager(kernel_name=kernel)
+    output = {} if log is None else {"stdout": log, "stderr": log}
+    run_sync(km.start_kernel)(cwd=str(project_root()), env={**KERNEL_ALLOCATOR, **os.environ},
+                              **output)
     try:
         yield km
     finally:
-        km.shutdown_kernel(now=True)
+        run_sync(km.shutdown_kernel)(now=True)
 
 
 #: Run in the shared kernel before each notebook: the namespace and the figures of the last
@@ -227,7 +249,7 @@ _EMPTY_NAMESPACE = ("import matplotlib.pyplot as _plt\n_plt.close('all')\n"
                     "get_ipython().reset(new_session=True, aggressive=False)")
 
 
-def _empty_namespace(km: KernelManager) -> None:
+def _empty_namespace(km: AsyncKernelManager) -> None:
     """Empty the shared kernel's namespace (``_EMPTY_NAMESPACE``), quietly; an error there is
     raised, since the next notebook would otherwise see the last one's variables."""
     client = km.blocking_client()
@@ -451,8 +473,9 @@ def run_grid(
     when no grid parameter is one of theirs, in ``grid_dir/shared/data-<settings>/``
     (:func:`_prepare_shared_data`; each cell then reads the cache it recorded), and notebook
     05, over every cell, in ``grid_dir/overview/``. Otherwise the first cell runs alone so the
-    cohort and cache every cell shares are built once. The cells run ``jobs`` at a time, each
-    in a process of its own (:func:`run_series`, its output in ``grid_dir/<cell>.log``). A
+    cohort and cache every cell shares are built once. The cells run ``jobs`` at a time:
+    ``jobs`` worker processes take them off a queue, each running its cells in one kernel
+    (:func:`_run_cells`; a cell's output in ``grid_dir/<cell>.log``). A
     finished cell is skipped; a failing cell keeps its executed notebook with the error and
     does not stop the others. Ends by writing ``grid_dir/summary.csv`` (mean ± sd over seeds
     of every tidy metric table).
@@ -492,14 +515,22 @@ def run_grid(
             new_run_dir(str(run))
             (run / RUN_CACHE).write_text(record)
     alone = todo[:1] if not shared and names[0] not in results else []
+    rest = todo[len(alone):]
+    workers = max(1, min(jobs, len(rest)))
     # spawn, not fork: each worker a fresh interpreter, as a command of its own would be
-    with ProcessPoolExecutor(max_workers=max(1, jobs), initializer=_share_cores,
-                             initargs=(max(1, jobs),),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        states = [pool.submit(_run_cell, *cell).result() for cell in alone]
-        if todo[len(alone):]:
-            states += pool.map(_run_cell, *zip(*todo[len(alone):], strict=True))
-    results.update(zip((run.name for run, _, _ in todo), states, strict=True))
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    for cell in rest:
+        queue.put(cell)
+    for _ in range(workers):
+        queue.put(None)   # one end mark per worker
+    with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
+                             initargs=(max(1, jobs), queue, grid / KERNEL_LOG),
+                             mp_context=context) as pool:
+        for cell in alone:
+            results[cell[0].name] = pool.submit(_run_cell, *cell).result()
+        for states in pool.map(_cell_worker, range(workers) if rest else ()):
+            results.update(states)
     results = {name: results[name] for name in names}
     (grid / "grid.json").write_text(json.dumps({"command": command, "params": {
         k: _plain(v) if not isinstance(v, list) else [_plain(x) for x in v]
@@ -550,9 +581,54 @@ def _prepare_shared_data(grid: Path, cell: Mapping[str, object],
     return (run / RUN_CACHE).read_text()
 
 
+#: In a grid folder: what the grid workers' kernels printed themselves (start-up warnings;
+#: each cell's notebook output is in ``<cell>.log``).
+KERNEL_LOG = "kernels.log"
+#: A grid worker's queue of cells (``_start_worker``), ended by None.
+_cells: multiprocessing.queues.Queue | None = None
+_kernel_log: Path | None = None
+
+
+def _start_worker(jobs: int, cells: multiprocessing.queues.Queue, kernel_log: Path) -> None:
+    """A grid worker's initializer: its share of the cores, its queue of cells."""
+    global _cells, _kernel_log
+    _share_cores(jobs)
+    _cells, _kernel_log = cells, kernel_log
+
+
+def _cell_worker(_: int) -> dict[str, str]:
+    """A grid worker's loop: the cells off its queue, up to its end mark (:func:`_run_cells`)."""
+    assert _cells is not None and _kernel_log is not None, "runs only in a grid worker"
+    return _run_cells(iter(_cells.get, None), _kernel_log)
+
+
+def _run_cells(cells: Iterable[tuple[Path, dict[str, object], Sequence[Path]]],
+               kernel_log: Path) -> dict[str, str]:
+    """Run grid cells one after another in one kernel, started for the first and shut down
+    after the last; ``{cell: "done" | "failed"}``. The kernel is emptied before every
+    notebook, as within a series (:func:`run_series`): a kernel per cell would start and
+    import torch, pandas, scikit-learn, matplotlib and the package again each time, ~10 s of
+    every cell when three share 2 cores (benchmarks/measured/
+    2026-12-08-reproduce-comparison-3seeds-uv-cpu-2core.md). A kernel that died in a cell
+    (its notebook shows it) is restarted for the next, which would otherwise fail too."""
+    from jupyter_core.utils import run_sync
+
+    results: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        km = None
+        for run_dir, params, notebooks in cells:
+            if km is None:
+                log = stack.enter_context(open(kernel_log, "a"))
+                km = stack.enter_context(_series_kernel("python3", log=log))
+            elif not run_sync(km.is_alive)():
+                run_sync(km.restart_kernel)(now=True)
+            results[run_dir.name] = _run_cell(run_dir, params, notebooks, km=km)
+    return results
+
+
 def _share_cores(jobs: int) -> None:
-    """A grid worker's initializer: the notebook kernels it starts get an equal share of the
-    cores for torch and BLAS (unless the caller set the thread count itself), what
+    """A grid worker's share of the cores: the notebook kernels it starts get an equal share
+    of the cores for torch and BLAS (unless the caller set the thread count itself), what
     docs/performance.md asked users to do by hand: kernels that each start a thread per core
     take turns on the cores and wait on each other's threads (two cells side by side on 2
     cores: 89 s with one thread each, 122 s with two, the same numbers bit for bit;
@@ -562,9 +638,11 @@ def _share_cores(jobs: int) -> None:
         os.environ.setdefault(variable, threads)
 
 
-def _run_cell(run_dir: Path, params: dict[str, object], notebooks: Sequence[Path]) -> str:
-    """One grid cell in this (pool) process: the series into ``run_dir``, everything printed
-    on the way, the notebook kernels' output too, into ``<run_dir>.log``; "done" or "failed"."""
+def _run_cell(run_dir: Path, params: dict[str, object], notebooks: Sequence[Path],
+              km: AsyncKernelManager | None = None) -> str:
+    """One grid cell in this (pool) process: the series into ``run_dir`` (in ``km``, a
+    running kernel, if given), everything printed on the way, the notebooks' output too, into
+    ``<run_dir>.log``; "done" or "failed"."""
     import traceback
 
     with open(run_dir.with_name(f"{run_dir.name}.log"), "w") as log:
@@ -575,7 +653,7 @@ def _run_cell(run_dir: Path, params: dict[str, object], notebooks: Sequence[Path
         os.dup2(log.fileno(), 2)
         try:
             print(f"run folder: {run_dir}")
-            result = run_series(run_dir, params, notebooks)
+            result = run_series(run_dir, params, notebooks, km=km)
             for name, state in result.items():
                 print(f"  {name}: {state}")
             return "failed" if "failed" in result.values() else "done"

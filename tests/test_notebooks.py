@@ -155,36 +155,73 @@ def test_notebook_05_reanalyses_the_committed_comparison_and_a_run_without_align
     assert {"ed", "es", "random"} <= set(paired.columns)
 
 
-def test_a_series_shares_one_kernel_but_no_variable_between_notebooks(tmp_path: Path) -> None:
-    """The notebooks of a series run in one kernel (the libraries stay imported) and still
-    each start empty: a name the first defines is gone in the second, the first's figures
-    are closed, and each counts its cells from 1."""
-    def notebook(name: str, *sources: str) -> Path:
-        nb = nbformat.v4.new_notebook()
-        params = nbformat.v4.new_code_cell("run_dir = 'x'")
-        params.metadata["tags"] = ["parameters"]
-        nb.cells = [params, *(nbformat.v4.new_code_cell(s) for s in sources)]
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                     "language": "python"}
-        path = tmp_path / "notebooks" / name
-        path.parent.mkdir(exist_ok=True)
-        nbformat.write(nb, path)
-        return path
+def _notebook(folder: Path, name: str, *sources: str) -> Path:
+    """A notebook of ``sources`` (after a parameters cell) in ``folder/notebooks``."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("run_dir = 'x'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, *(nbformat.v4.new_code_cell(s) for s in sources)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = folder / "notebooks" / name
+    path.parent.mkdir(exist_ok=True)
+    nbformat.write(nb, path)
+    return path
 
-    first = notebook("00_first.ipynb", "import os, sys\nleft_behind = 1",
-                     "import matplotlib.pyplot as plt\nfig = plt.figure()",
-                     "pid = os.getpid()\nprint(pid)",
-                     "assert os.environ['MALLOC_TRIM_THRESHOLD_'] == str(4 << 30)")
-    second = notebook("01_second.ipynb", "import os, sys\nprint(os.getpid())",
-                      "assert 'left_behind' not in globals() and 'fig' not in globals()",
-                      "import matplotlib.pyplot as plt\nassert not plt.get_fignums()")
-    run = tmp_path / "run"
-    assert run_series(run, {}, [first, second], progress=False) == {
-        first.name: "done", second.name: "done"}
+
+def _leaky_series(folder: Path) -> tuple[Path, Path]:
+    """Two notebooks: the first leaves a name and a figure behind and prints its process id;
+    the second prints its process id and fails if it finds what the first left."""
+    first = _notebook(folder, "00_first.ipynb", "import os, sys\nleft_behind = 1",
+                      "import matplotlib.pyplot as plt\nfig = plt.figure()",
+                      "pid = os.getpid()\nprint(pid)",
+                      "assert os.environ['MALLOC_TRIM_THRESHOLD_'] == str(4 << 30)")
+    second = _notebook(folder, "01_second.ipynb", "import os, sys\nprint(os.getpid())",
+                       "assert 'left_behind' not in globals() and 'fig' not in globals()",
+                       "import matplotlib.pyplot as plt\nassert not plt.get_fignums()")
+    return first, second
+
+
+def _printed_pids(run: Path, notebooks: list[Path]) -> list[str]:
+    """The process ids the notebooks printed, checking that each counts its cells from 1."""
     pids = []
-    for path in (first, second):
+    for path in notebooks:
         executed = nbformat.read(run / path.name, as_version=4)
         code = [c for c in executed.cells if c.cell_type == "code"]
         assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
         pids += [o["text"].strip() for c in code for o in c.outputs if o.get("name") == "stdout"]
+    return pids
+
+
+def test_a_series_shares_one_kernel_but_no_variable_between_notebooks(tmp_path: Path) -> None:
+    """The notebooks of a series run in one kernel (the libraries stay imported) and still
+    each start empty: a name the first defines is gone in the second, the first's figures
+    are closed, and each counts its cells from 1."""
+    first, second = _leaky_series(tmp_path)
+    run = tmp_path / "run"
+    assert run_series(run, {}, [first, second], progress=False) == {
+        first.name: "done", second.name: "done"}
+    pids = _printed_pids(run, [first, second])
     assert len(pids) == 2 and pids[0] == pids[1]     # one kernel process for the series
+
+
+def test_a_grid_worker_runs_its_cells_in_one_kernel_each_starting_empty(tmp_path: Path) -> None:
+    """A grid worker keeps one kernel for all its cells (:func:`ecgcmr.runs._run_cells`):
+    the second cell's first notebook does not see what the first cell's last one left (it
+    would fail if it did), and a cell whose kernel dies fails alone: the next gets a new one."""
+    from ecgcmr.runs import _run_cells
+
+    first, second = _leaky_series(tmp_path)
+    crash = _notebook(tmp_path, "00_crash.ipynb", "import os\nos._exit(1)")
+    cells = [(tmp_path / "grid" / "a", {}, [first, second]),
+             (tmp_path / "grid" / "b", {}, [second, first]),   # first's leftovers, then second's
+             (tmp_path / "grid" / "c", {}, [crash]),
+             (tmp_path / "grid" / "d", {}, [first])]
+    (tmp_path / "grid").mkdir()
+    assert _run_cells(iter(cells), tmp_path / "grid" / "kernels.log") == {
+        "a": "done", "b": "done", "c": "failed", "d": "done"}
+    pids = (_printed_pids(tmp_path / "grid" / "a", [first, second])
+            + _printed_pids(tmp_path / "grid" / "b", [second, first]))
+    assert len(pids) == 4 and len(set(pids)) == 1        # one kernel for cells a and b
+    assert _printed_pids(tmp_path / "grid" / "d", [first]) != pids[:1]   # a new one after c
+    assert "a:" not in (tmp_path / "grid" / "kernels.log").read_text()
