@@ -31,7 +31,8 @@ install: $(VENV)/.installed
 # never writes bytecode itself where PYTHONDONTWRITEBYTECODE is set, and without it every
 # process would compile what it imports again). uv does not read pip's configuration, so the
 # wheel folders pip is pointed at (PIP_FIND_LINKS: where a machine keeps its CPU build of
-# torch) are passed on. benchmarks/measured/2026-12-08-install-uv-cpu-2core.md
+# torch) are passed on. benchmarks/measured/
+# 2026-12-08-reproduce-comparison-3seeds-uv-cpu-2core.md
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
