@@ -516,7 +516,7 @@ def run_grid(
             (run / RUN_CACHE).write_text(record)
     alone = todo[:1] if not shared and names[0] not in results else []
     rest = todo[len(alone):]
-    workers = max(1, min(jobs, len(rest)))
+    workers = min(max(1, jobs), len(rest))   # 0 when the alone cell was the only one
     # spawn, not fork: each worker a fresh interpreter, as a command of its own would be
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -524,13 +524,13 @@ def run_grid(
         queue.put(cell)
     for _ in range(workers):
         queue.put(None)   # one end mark per worker
-    with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
+    with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_start_worker,
                              initargs=(max(1, jobs), queue, grid / KERNEL_LOG),
                              mp_context=context) as pool:
         for cell in alone:
             results[cell[0].name] = pool.submit(_run_cell, *cell).result()
-        for states in pool.map(_cell_worker, range(workers) if rest else ()):
-            results.update(states)
+        for worker in [pool.submit(_cell_worker) for _ in range(workers)]:
+            results.update(worker.result())
     results = {name: results[name] for name in names}
     (grid / "grid.json").write_text(json.dumps({"command": command, "params": {
         k: _plain(v) if not isinstance(v, list) else [_plain(x) for x in v]
@@ -596,7 +596,7 @@ def _start_worker(jobs: int, cells: multiprocessing.queues.Queue, kernel_log: Pa
     _cells, _kernel_log = cells, kernel_log
 
 
-def _cell_worker(_: int) -> dict[str, str]:
+def _cell_worker() -> dict[str, str]:
     """A grid worker's loop: the cells off its queue, up to its end mark (:func:`_run_cells`)."""
     assert _cells is not None and _kernel_log is not None, "runs only in a grid worker"
     return _run_cells(iter(_cells.get, None), _kernel_log)

@@ -205,7 +205,8 @@ def test_a_series_shares_one_kernel_but_no_variable_between_notebooks(tmp_path: 
     assert len(pids) == 2 and pids[0] == pids[1]     # one kernel process for the series
 
 
-def test_a_grid_worker_runs_its_cells_in_one_kernel_each_starting_empty(tmp_path: Path) -> None:
+def test_a_grid_worker_runs_its_cells_in_one_kernel_each_starting_empty(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A grid worker keeps one kernel for all its cells (:func:`ecgcmr.runs._run_cells`):
     the second cell's first notebook does not see what the first cell's last one left (it
     would fail if it did), and a cell whose kernel dies fails alone: the next gets a new one."""
@@ -218,10 +219,13 @@ def test_a_grid_worker_runs_its_cells_in_one_kernel_each_starting_empty(tmp_path
              (tmp_path / "grid" / "c", {}, [crash]),
              (tmp_path / "grid" / "d", {}, [first])]
     (tmp_path / "grid").mkdir()
-    assert _run_cells(iter(cells), tmp_path / "grid" / "kernels.log") == {
-        "a": "done", "b": "done", "c": "failed", "d": "done"}
+    with capsys.disabled():   # a grid worker prints to the process's own stdout, not pytest's
+        states = _run_cells(iter(cells), tmp_path / "grid" / "kernels.log")
+    assert states == {"a": "done", "b": "done", "c": "failed", "d": "done"}
     pids = (_printed_pids(tmp_path / "grid" / "a", [first, second])
             + _printed_pids(tmp_path / "grid" / "b", [second, first]))
     assert len(pids) == 4 and len(set(pids)) == 1        # one kernel for cells a and b
     assert _printed_pids(tmp_path / "grid" / "d", [first]) != pids[:1]   # a new one after c
-    assert "a:" not in (tmp_path / "grid" / "kernels.log").read_text()
+    # each cell's own output in its log, the kernel's start-up output in kernels.log
+    assert "run folder:" in (tmp_path / "grid" / "a.log").read_text()
+    assert "run folder:" not in (tmp_path / "grid" / "kernels.log").read_text()
